@@ -2,10 +2,40 @@
 
 Saliency maps, attribution methods, CAMs, feature visualisation and trust metrics for PyTorch
 image models, batched, device-agnostic and leaving the user's model exactly as it was found.
+
+Example:
+    >>> from flashtorch import attribute
+    >>> from flashtorch.models import load_pretrained
+    >>> from flashtorch.utils import apply_transforms, load_image
+    >>> model = load_pretrained()
+    >>> x = apply_transforms(load_image("examples/images/coffee.jpg"))
+    >>> result = attribute(model, x, target="espresso", method="guided")
 """
 
 from __future__ import annotations
 
 __version__ = "1.0.0"
 
-__all__ = ["__version__"]
+from . import saliency  # noqa: E402,F401  (registers the gradient methods)
+from .api import attribute  # noqa: E402
+from .attribution import (  # noqa: E402
+    METHODS,
+    Attribution,
+    AttributionMethod,
+    available_methods,
+    get_method,
+    reduce_channels,
+)
+from .saliency import Backprop  # noqa: E402
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "AttributionMethod",
+    "Backprop",
+    "__version__",
+    "attribute",
+    "available_methods",
+    "get_method",
+    "reduce_channels",
+]

@@ -7,8 +7,8 @@ Three tools, each undone in ``finally``:
   duration of a call (so the backward pass reaches the input only), and puts all of it back.
 * :class:`RectifierMode` - a :class:`~torch.overrides.TorchFunctionMode` that replaces the backward
   pass of every rectifier the model *actually runs* (``nn.ReLU`` reused or in place, ``F.relu``,
-  ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``) by the
-  guided-backprop or deconvnet rule. Nothing is swapped in the model; leaving the ``with`` block
+  ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``)
+  by the guided-backprop or deconvnet rule. Nothing is swapped in the model; leaving the ``with`` block
   restores normal dispatch.
 * :class:`LayerRecorder` - forward hooks that capture a layer's output (and count its calls, so a
   module run twice in one forward is detected rather than silently taking the first call).

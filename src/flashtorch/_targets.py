@@ -1,0 +1,132 @@
+"""Targets: what scalar per sample an attribution explains.
+
+A target is a class index (``int``), a class name (``str``, ImageNet models), a sequence of
+either (one per sample, or one for all), an integer tensor, ``None`` (the predicted class), or
+a callable ``f(output) -> (B,)`` that turns the model output into one score per sample
+(pytorch-grad-cam's "model targets").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from .errors import TargetError
+
+Target = Union[None, int, str, Sequence[int | str], Tensor, Callable[[Tensor], Tensor]]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Scores to differentiate and the class indices they came from.
+
+    Attributes:
+        scores: ``(B,)`` one scalar per sample, connected to the autograd graph.
+        indices: ``(B,)`` long tensor of target classes, or ``None`` for a callable target.
+    """
+
+    scores: Tensor
+    indices: Tensor | None
+
+
+def _name_to_index(name: str, num_classes: int) -> int:
+    if num_classes != 1000:
+        raise TargetError(
+            f"class name {name!r} needs an ImageNet model with 1000 outputs, but this model has "
+            f"{num_classes}; pass the class index instead"
+        )
+    from .utils.imagenet import ImageNetIndex
+
+    return int(ImageNetIndex()[name])
+
+
+def target_indices(target: Target, output: Tensor) -> Tensor | None:
+    """Turn a target specification into a ``(B,)`` long tensor of class indices.
+
+    Args:
+        target: see the module docstring. ``None`` picks ``output.argmax(1)``.
+        output: the model output, ``(B, num_classes)``.
+
+    Returns:
+        Class indices on ``output.device``, or ``None`` when ``target`` is callable.
+
+    Raises:
+        TargetError: out-of-range index, unknown name, wrong length or dtype.
+    """
+    if callable(target) and not isinstance(target, Tensor):
+        return None
+    if output.dim() != 2:
+        raise TargetError(
+            f"class targets need a model output of shape (B, num_classes), got "
+            f"{tuple(output.shape)}; pass a callable target that returns one score per sample"
+        )
+    batch, num_classes = output.shape
+    if target is None:
+        return output.detach().argmax(1)
+    if isinstance(target, bool):
+        raise TargetError(f"target must be a class index or name, got {target!r}")
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TargetError(f"target tensor must hold integer class indices, got {target.dtype}")
+        values = target.reshape(-1).tolist()
+    elif isinstance(target, (int, str)):
+        values = [target]
+    elif isinstance(target, Sequence):
+        values = list(target)
+    else:
+        try:  # numpy integers and the like
+            values = [int(target)]  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise TargetError(
+                f"target must be an int, a class name, a sequence, an integer tensor or a "
+                f"callable, got {type(target).__name__}"
+            ) from None
+    indices: list[int] = []
+    for v in values:
+        if isinstance(v, str):
+            indices.append(_name_to_index(v, num_classes))
+            continue
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            raise TargetError(f"target must be a class index or name, got {v!r}")
+        i = int(v)
+        if not 0 <= i < num_classes:
+            raise TargetError(
+                f"target class {i} is out of range: the model has {num_classes} classes "
+                f"(valid: 0..{num_classes - 1})"
+            )
+        indices.append(i)
+    if len(indices) == 1:
+        indices = indices * batch
+    if len(indices) != batch:
+        raise TargetError(
+            f"got {len(indices)} targets for a batch of {batch}; give one target for all "
+            "samples or one per sample"
+        )
+    return torch.tensor(indices, dtype=torch.long, device=output.device)
+
+
+def resolve(target: Target, output: Tensor) -> Resolved:
+    """Select the score to explain for every sample.
+
+    Returns:
+        :class:`Resolved` with ``scores[b] = output[b, index[b]]`` (or ``target(output)``).
+    """
+    if callable(target) and not isinstance(target, Tensor):
+        scores = target(output)
+        if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise TargetError(
+                f"a callable target must return one score per sample, shape "
+                f"({output.shape[0]},), got {got}"
+            )
+        return Resolved(scores, None)
+    idx = target_indices(target, output)
+    assert idx is not None
+    return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)
+
+
+__all__ = ["Target", "Resolved", "resolve", "target_indices"]

@@ -1,0 +1,45 @@
+"""Input validation shared by every method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+
+def check_images(inputs: Any, name: str = "inputs") -> Tensor:
+    """Check that ``inputs`` is a floating-point ``(B, C, H, W)`` tensor with finite values.
+
+    Raises:
+        InputError: with the expected and actual shapes and how to fix it.
+    """
+    if not isinstance(inputs, Tensor):
+        raise InputError(
+            f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(inputs).__name__}; "
+            "use flashtorch.utils.apply_transforms(image) to make one from an image"
+        )
+    if inputs.dim() != 4:
+        fix = " (add a batch dimension with x.unsqueeze(0))" if inputs.dim() == 3 else ""
+        raise InputError(
+            f"{name} must have shape (B, C, H, W), got {tuple(inputs.shape)}{fix}"
+        )
+    if inputs.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch: shape {tuple(inputs.shape)}")
+    if not inputs.dtype.is_floating_point:
+        raise InputError(
+            f"{name} must be a floating-point tensor, got {inputs.dtype}; convert with "
+            "x.float() (and normalise it as the model expects)"
+        )
+    if not bool(torch.isfinite(inputs).all()):
+        raise InputError(f"{name} contains NaN or infinite values")
+    return inputs
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int if it is a positive integer, else raise InputError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value

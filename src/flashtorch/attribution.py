@@ -1,0 +1,231 @@
+"""The one calling convention: :class:`AttributionMethod`, :class:`Attribution`, the registry.
+
+Every method - gradients, SmoothGrad, Integrated Gradients, occlusion, the CAM family - is a
+subclass of :class:`AttributionMethod` registered under a name in :data:`METHODS`. The registry
+feeds :func:`flashtorch.attribute`, the ``flashtorch`` command's choices, the docs table and the
+test parametrisation.
+
+Example:
+    >>> import torch, torchvision
+    >>> from flashtorch import attribute
+    >>> model = torchvision.models.resnet18()
+    >>> result = attribute(model, torch.randn(2, 3, 64, 64), target=[1, 2], method="guided")
+    >>> result.maps.shape
+    torch.Size([2, 3, 64, 64])
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from ._surgery import model_device, preserved_state
+from ._targets import Target, resolve
+from ._validate import check_images
+from .errors import MethodError
+
+
+@dataclass
+class Attribution:
+    """The result of an attribution method on a batch.
+
+    Attributes:
+        maps: ``(B, C, H, W)`` for per-pixel-per-channel methods (gradients, IG...),
+            ``(B, 1, H, W)`` for CAMs and occlusion; on the input's device, detached.
+        method: registry name of the method.
+        targets: ``(B,)`` class indices explained, or ``None`` for a callable target.
+        predicted: ``(B,)`` the model's top-1 classes on the inputs.
+        scores: ``(B,)`` the explained scores (logits, or the callable's values) on the inputs.
+        extras: method-specific tensors, e.g. ``{"delta": ...}`` for Integrated Gradients.
+    """
+
+    maps: Tensor
+    method: str
+    targets: Tensor | None
+    predicted: Tensor
+    scores: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.maps.shape[0])
+
+    def reduce(self, how: str = "max_abs") -> Tensor:
+        """Collapse the channel axis to one map per image, ``(B, 1, H, W)``.
+
+        Args:
+            how: ``"max_abs"`` (Simonyan et al. 2013: ``max_c |A_c|``), ``"sum"``, ``"abs_sum"``,
+                ``"mean"``, ``"l2"`` or ``"max"``.
+        """
+        return reduce_channels(self.maps, how)
+
+    def cpu(self) -> Attribution:
+        """A copy with every tensor on the CPU."""
+        return Attribution(
+            self.maps.cpu(),
+            self.method,
+            None if self.targets is None else self.targets.cpu(),
+            self.predicted.cpu(),
+            self.scores.cpu(),
+            {k: v.cpu() for k, v in self.extras.items()},
+        )
+
+
+_REDUCERS: dict[str, Callable[[Tensor], Tensor]] = {
+    "max_abs": lambda m: m.abs().amax(1, keepdim=True),
+    "max": lambda m: m.amax(1, keepdim=True),
+    "sum": lambda m: m.sum(1, keepdim=True),
+    "abs_sum": lambda m: m.abs().sum(1, keepdim=True),
+    "mean": lambda m: m.mean(1, keepdim=True),
+    "l2": lambda m: m.pow(2).sum(1, keepdim=True).sqrt(),
+}
+
+
+def reduce_channels(maps: Tensor, how: str = "max_abs") -> Tensor:
+    """Collapse ``(B, C, H, W)`` maps to ``(B, 1, H, W)`` (see :meth:`Attribution.reduce`)."""
+    try:
+        return _REDUCERS[how](maps)
+    except KeyError:
+        raise MethodError(
+            f"unknown channel reduction {how!r}; choose one of {', '.join(_REDUCERS)}"
+        ) from None
+
+
+@dataclass
+class MethodOutput:
+    """What a method's :meth:`AttributionMethod.compute` returns (before packaging)."""
+
+    maps: Tensor
+    output: Tensor
+    targets: Tensor | None
+    scores: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class AttributionMethod(abc.ABC):
+    """Base class of every attribution method: construct with the model, call with inputs.
+
+    Subclasses set :attr:`name` and implement :meth:`compute`, which runs inside
+    :func:`~flashtorch._surgery.preserved_state` (eval mode, frozen parameters, all restored in
+    ``finally``) with inputs already validated and on the model's device.
+
+    Args:
+        model: any ``nn.Module`` mapping ``(B, C, H, W)`` images to ``(B, num_classes)`` scores
+            (or to anything a callable target can reduce to ``(B,)``).
+        eval_mode: run the model in eval mode during the call (restored afterwards).
+    """
+
+    name: ClassVar[str] = ""
+    #: maps have one channel (CAMs, occlusion) rather than the input's channels.
+    single_channel: ClassVar[bool] = False
+    #: the method needs a layer (CAM family).
+    needs_layer: ClassVar[bool] = False
+    #: the method is built on input gradients and can be wrapped (SmoothGrad...).
+    gradient_based: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, *, eval_mode: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise MethodError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}"
+            )
+        self.model = model
+        self.eval_mode = eval_mode
+
+    def __call__(self, inputs: Tensor, target: Target = None) -> Attribution:
+        """Explain ``target`` for every image of ``inputs``.
+
+        Args:
+            inputs: ``(B, C, H, W)`` float tensor, normalised as the model expects. Never modified.
+            target: class index, name, sequence, tensor, callable or ``None`` (predicted class).
+
+        Returns:
+            An :class:`Attribution` on the inputs' device.
+        """
+        x = check_images(inputs)
+        device = model_device(self.model)
+        with preserved_state(self.model, eval_mode=self.eval_mode):
+            out = self.compute(x.detach().to(device), target)
+        home = inputs.device
+        output = out.output.detach()
+        return Attribution(
+            maps=out.maps.detach().to(home),
+            method=self.name,
+            targets=None if out.targets is None else out.targets.to(home),
+            predicted=output.argmax(1).to(home) if output.dim() == 2 else output.new_zeros(
+                output.shape[0], dtype=torch.long
+            ).to(home),
+            scores=out.scores.detach().to(home),
+            extras={k: v.detach().to(home) for k, v in out.extras.items()},
+        )
+
+    @abc.abstractmethod
+    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+        """Compute the maps for a validated batch on the model's device (state is guarded)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, Any]:
+    """Run the model and pick the target scores: ``(output, scores, indices)``."""
+    output = model(inputs)
+    resolved = resolve(target, output)
+    return output, resolved.scores, resolved.indices
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+METHODS: dict[str, type[AttributionMethod]] = {}
+
+M = TypeVar("M", bound=type[AttributionMethod])
+
+
+def register(cls: M) -> M:
+    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is already registered")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[AttributionMethod]:
+    """Look a method up by registry name.
+
+    Raises:
+        MethodError: unknown name; the message lists close matches and every method.
+    """
+    try:
+        return METHODS[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(METHODS), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise MethodError(
+            f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}"
+        ) from None
+
+
+def available_methods() -> list[str]:
+    """Names of every registered method, in registration order."""
+    return list(METHODS)
+
+
+__all__ = [
+    "Attribution",
+    "AttributionMethod",
+    "MethodOutput",
+    "METHODS",
+    "available_methods",
+    "forward_scores",
+    "get_method",
+    "reduce_channels",
+    "register",
+]

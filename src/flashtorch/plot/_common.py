@@ -1,0 +1,71 @@
+"""Shared figure helpers: headless figures, atomic saving, tensor -> image arrays.
+
+matplotlib is imported inside functions only; ``import flashtorch`` never loads pyplot.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+
+def new_figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` that needs no GUI backend (works headless, never leaks)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, **kwargs)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (no half-written file)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    return target
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100, **kwargs: Any) -> Path:
+    """Save a figure atomically; the format follows the file suffix (png, pdf, svg, jpg)."""
+    import io
+
+    target = Path(path)
+    fmt = (target.suffix[1:] or "png").lower()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", **kwargs)
+    return atomic_write_bytes(target, buffer.getvalue())
+
+
+def to_image(tensor: Tensor) -> np.ndarray:
+    """``(C, H, W)`` or ``(H, W)`` tensor -> ``(H, W, C)``/``(H, W)`` float numpy in [0, 1]."""
+    t = tensor.detach().float().cpu()
+    if t.dim() == 3:
+        t = t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)
+    return t.clamp(0, 1).numpy()
+
+
+def normalize_map(saliency: Tensor, eps: float = 1e-12) -> Tensor:
+    """Scale one ``(.., H, W)`` map to [0, 1] by its min and max (constant -> zeros)."""
+    s = saliency.detach().float()
+    lo, hi = s.min(), s.max()
+    return (s - lo) / (hi - lo).clamp_min(eps)

@@ -1,0 +1,106 @@
+"""Saliency figures: the talk's four panels and overlays."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import InputError
+from ..utils.image import denormalize, standardize_and_clip
+from ._common import new_figure, normalize_map, save_figure, to_image
+
+
+def _batched(t: Tensor, channels: int | None, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise InputError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    if t.dim() != 4 or (channels is not None and t.shape[1] != channels):
+        want = f"({channels}, H, W) or (B, {channels}, H, W)" if channels else "(B, C, H, W)"
+        raise InputError(f"{name} must be {want}, got {tuple(t.shape)}")
+    return t.detach().cpu()
+
+
+def visualize(
+    input_: Tensor,
+    gradients: Tensor,
+    max_gradients: Tensor,
+    figsize: tuple[float, float] = (16, 4),
+    cmap: str = "viridis",
+    alpha: float = 0.5,
+    save_path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Any:
+    """The talk's figure: input, gradients across RGB channels, max gradients, overlay.
+
+    Args:
+        input_: ``(1, 3, H, W)`` or ``(B, 3, H, W)`` normalised input (``apply_transforms``).
+        gradients: ``(3, H, W)`` or ``(B, 3, H, W)`` from ``calculate_gradients``.
+        max_gradients: ``(1, H, W)`` or ``(B, 1, H, W)`` (``take_max=True`` output).
+        figsize: size of one row of four panels; a batch gets one row per image.
+        cmap: colour map of the max-gradient panels.
+        alpha: opacity of the saliency in the overlay.
+        save_path: if given, the figure is also written there (atomically).
+        title: optional figure title.
+
+    Returns:
+        The matplotlib ``Figure`` (headless; displays in notebooks).
+    """
+    x = _batched(input_, 3, "input_")
+    g = _batched(gradients, None, "gradients")
+    m = _batched(max_gradients, 1, "max_gradients")
+    if not (x.shape[0] == g.shape[0] == m.shape[0]) or x.shape[-2:] != g.shape[-2:]:
+        raise InputError(
+            f"input_, gradients and max_gradients disagree: {tuple(x.shape)}, {tuple(g.shape)}, "
+            f"{tuple(m.shape)}"
+        )
+    rows = x.shape[0]
+    fig = new_figure((figsize[0], figsize[1] * rows))
+    axes = fig.subplots(rows, 4, squeeze=False)
+    images = denormalize(x).clamp(0, 1)
+    grads = standardize_and_clip(g)
+    maxes = standardize_and_clip(m)
+    titles = ("Input image", "Gradients across RGB channels", "Max gradients", "Overlay")
+    for r in range(rows):
+        panels = (
+            (to_image(images[r]), None, None),
+            (to_image(grads[r]) if grads.shape[1] in (1, 3) else to_image(grads[r].mean(0)),
+             None if grads.shape[1] == 3 else cmap, None),
+            (to_image(maxes[r]), cmap, None),
+        )
+        for c, (img, cm, _) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img, cmap=cm)
+        ax = axes[r][3]
+        ax.imshow(to_image(images[r]))
+        ax.imshow(to_image(normalize_map(m[r])), cmap=cmap, alpha=alpha)
+        for c in range(4):
+            axes[r][c].set_axis_off()
+            if r == 0:
+                axes[r][c].set_title(titles[c])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def overlay(
+    image: Tensor, saliency: Tensor, cmap: str = "jet", alpha: float = 0.5, ax: Any = None
+) -> Any:
+    """Draw ``saliency`` ``(1|C, H, W)`` over ``image`` ``(3, H, W)`` in [0, 1] on an axis."""
+    if ax is None:
+        ax = new_figure((4, 4)).subplots()
+    sal = saliency.detach().cpu()
+    if sal.dim() == 3 and sal.shape[0] != 1:
+        sal = sal.abs().amax(0, keepdim=True)
+    ax.imshow(to_image(image))
+    ax.imshow(to_image(normalize_map(sal)), cmap=cmap, alpha=alpha)
+    ax.set_axis_off()
+    return ax
+
+
+__all__ = ["overlay", "visualize"]
