@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -64,8 +65,23 @@ def to_image(tensor: Tensor) -> np.ndarray:
     return t.clamp(0, 1).numpy()
 
 
-def normalize_map(saliency: Tensor, eps: float = 1e-12) -> Tensor:
-    """Scale one ``(.., H, W)`` map to [0, 1] by its min and max (constant -> zeros)."""
+def normalize_map(saliency: Tensor, percentile: float = 99.5, eps: float = 1e-12) -> Tensor:
+    """Scale one ``(.., H, W)`` map to [0, 1]: min -> 0, the ``percentile``-th value -> 1.
+
+    Clipping at a high percentile keeps a few outlier pixels from washing out the rest
+    (constant maps -> zeros).
+    """
     s = saliency.detach().float()
-    lo, hi = s.min(), s.max()
-    return (s - lo) / (hi - lo).clamp_min(eps)
+    lo = s.min()
+    hi = torch.quantile(s.flatten()[:: max(1, s.numel() // 200_000)], percentile / 100.0)
+    return ((s - lo) / (hi - lo).clamp_min(eps)).clamp(0, 1)
+
+
+def heat_rgba(saliency01: Tensor, cmap: str = "jet", alpha: float = 0.6) -> np.ndarray:
+    """``(H, W)`` map in [0, 1] -> RGBA array whose opacity grows with the saliency."""
+    import matplotlib
+
+    s = saliency01.detach().float().cpu().squeeze().numpy()
+    rgba = matplotlib.colormaps[cmap](s)
+    rgba[..., 3] = alpha * np.sqrt(s)
+    return rgba

