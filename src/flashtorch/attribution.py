@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from ._fast import FAST_VIEWS
 from ._surgery import model_device, preserved_state
 from ._targets import Target, resolve
 from ._validate import check_images
@@ -118,6 +120,11 @@ class AttributionMethod(abc.ABC):
         model: any ``nn.Module`` mapping ``(B, C, H, W)`` images to ``(B, num_classes)`` scores
             (or to anything a callable target can reduce to ``(B,)``).
         eval_mode: run the model in eval mode during the call (restored afterwards).
+        fast: run on a cached copy of the model with BatchNorm folded into the preceding
+            convolutions (exact up to float rounding; see :mod:`flashtorch._fast`) and, on CUDA,
+            in ``channels_last``. The user's model is never modified. Implies eval mode.
+        amp: run under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU); maps are returned
+            in float32.
     """
 
     name: ClassVar[str] = ""
@@ -128,13 +135,25 @@ class AttributionMethod(abc.ABC):
     #: the method is built on input gradients and can be wrapped (SmoothGrad...).
     gradient_based: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, *, eval_mode: bool = True) -> None:
+    #: the method may run on a rewritten copy of the model (``fast=True``).
+    supports_fast: ClassVar[bool] = True
+
+    def __init__(
+        self, model: nn.Module, *, eval_mode: bool = True, fast: bool = False, amp: bool = False
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise MethodError(
                 f"model must be a torch.nn.Module, got {type(model).__name__}"
             )
+        if fast and not self.supports_fast:
+            raise MethodError(
+                f"method {self.name!r} does not support fast=True (it needs the model's own "
+                "layers); leave fast off"
+            )
         self.model = model
-        self.eval_mode = eval_mode
+        self.eval_mode = eval_mode or fast
+        self.fast = fast
+        self.amp = amp
 
     def __call__(self, inputs: Tensor, target: Target = None) -> Attribution:
         """Explain ``target`` for every image of ``inputs``.
@@ -148,12 +167,30 @@ class AttributionMethod(abc.ABC):
         """
         x = check_images(inputs)
         device = model_device(self.model)
-        with preserved_state(self.model, eval_mode=self.eval_mode):
-            out = self.compute(x.detach().to(device), target)
+        x = x.detach().to(device)
+        net = self.model
+        if self.fast:
+            channels_last = device.type == "cuda"
+            net = FAST_VIEWS.get(self.model, x, channels_last)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
+                           else torch.bfloat16)
+            if self.amp else contextlib.nullcontext()
+        )
+        user_model = self.model
+        with preserved_state(net, eval_mode=self.eval_mode):
+            self.model = net  # compute() sees the (possibly rewritten) network
+            try:
+                with autocast:
+                    out = self.compute(x, target)
+            finally:
+                self.model = user_model
         home = inputs.device
         output = out.output.detach()
         return Attribution(
-            maps=out.maps.detach().to(home),
+            maps=out.maps.detach().float().to(home).contiguous(),
             method=self.name,
             targets=None if out.targets is None else out.targets.to(home),
             predicted=output.argmax(1).to(home) if output.dim() == 2 else output.new_zeros(

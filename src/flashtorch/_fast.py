@@ -1,0 +1,186 @@
+"""Exact-math model rewriting for speed: BatchNorm folded into the preceding convolution.
+
+In eval mode ``BN(conv(x))`` is an affine map per output channel, so it folds exactly into the
+convolution (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", section 3.2):
+
+.. math::
+    W' = W \\cdot \\frac{\\gamma}{\\sqrt{\\sigma^2 + \\epsilon}}, \\qquad
+    b' = (b - \\mu) \\frac{\\gamma}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta
+
+The rewrite happens on a **copy** of the user's model (the user's model is never modified),
+optionally converted to ``channels_last``. The copy is cached per model in a weak dictionary and
+rebuilt when any parameter or buffer of the model changes (its tensor version counter moves), so
+training between calls is safe.
+
+Pairs are found by running the copy once: a convolution is folded only when its output feeds a
+batch-norm call and nothing else (checked by counting every tensor-producing use of that output
+with a ``TorchFunctionMode``), and both modules run exactly once. Anything else is left as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ._surgery import HandleList
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class _UseCounter(TorchFunctionMode):
+    """Count, per tensor object, the tensor-producing torch calls that take it as an argument."""
+
+    def __init__(self, watched: dict[int, int]) -> None:
+        super().__init__()
+        self.watched = watched
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if isinstance(result, Tensor) or (
+            isinstance(result, (tuple, list)) and any(isinstance(r, Tensor) for r in result)
+        ):
+            for a in list(args) + list(kwargs.values()):
+                if isinstance(a, Tensor) and id(a) in self.watched:
+                    self.watched[id(a)] += 1
+        return result
+
+
+def _bn_replacement(bn: nn.Module) -> nn.Module | None:
+    """What stands in for a folded batch norm: nothing, or the activation it fuses (timm)."""
+    if type(bn) in _BN:
+        return nn.Identity()
+    drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
+    if isinstance(drop, nn.Module) and isinstance(act, nn.Module):  # timm BatchNormAct2d
+        return nn.Sequential(drop, act)
+    return None  # an unknown subclass may do more than BN: leave it alone
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    with torch.no_grad():
+        var, mean = bn.running_var, bn.running_mean
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        w = conv.weight
+        conv.weight.copy_(w * scale.view(-1, *([1] * (w.dim() - 1))))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(shift.clone(), requires_grad=False)
+        else:
+            conv.bias.copy_(conv.bias * scale + shift)
+
+
+def fold_batchnorm(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
+    """Return an eval-mode copy of ``model`` with every foldable conv -> BN pair folded.
+
+    Args:
+        model: the user's model (not modified).
+        example: an input batch (one sample is enough) used to trace which BN follows which conv.
+
+    Returns:
+        ``(copy, number_of_folded_pairs)``.
+    """
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    names = {m: n for n, m in net.named_modules()}
+    conv_out: dict[int, tuple[nn.Module, Tensor]] = {}
+    bn_in: list[tuple[nn.Module, Tensor]] = []
+    calls: dict[nn.Module, int] = {}
+    uses: dict[int, int] = {}
+    handles = HandleList()
+
+    def on_conv(module: nn.Module, _inp: Any, out: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(out, Tensor):
+            conv_out[id(out)] = (module, out)  # keep the tensor alive: ids stay unique
+            uses[id(out)] = 0
+
+    def on_bn(module: nn.Module, inp: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if inp and isinstance(inp[0], Tensor):
+            bn_in.append((module, inp[0]))
+
+    try:
+        for m in net.modules():
+            if isinstance(m, _CONV):
+                handles.append(m.register_forward_hook(on_conv))
+            elif isinstance(m, _BN):
+                handles.append(m.register_forward_pre_hook(on_bn))
+        with torch.no_grad(), _UseCounter(uses):
+            net(example[:1])
+    finally:
+        handles.remove()
+
+    folded = 0
+    for bn, tensor in bn_in:
+        pair = conv_out.get(id(tensor))
+        if pair is None or pair[1] is not tensor:
+            continue
+        conv = pair[0]
+        if calls.get(conv) != 1 or calls.get(bn) != 1 or uses.get(id(tensor)) != 1:
+            continue
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # batch statistics even in eval mode: not an affine map
+        if conv.weight.shape[0] != bn.running_mean.shape[0]:
+            continue
+        replacement = _bn_replacement(bn)
+        if replacement is None:
+            continue
+        _fold(conv, bn)
+        parent_name, _, leaf = names[bn].rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        setattr(parent, leaf, replacement)
+        folded += 1
+    return net, folded
+
+
+def _signature(model: nn.Module, example: Tensor, channels_last: bool) -> tuple:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return (
+        example.device,
+        example.dtype,
+        channels_last,
+        tuple((id(t), t._version, t.device) for t in tensors),
+    )
+
+
+class FastViews:
+    """A weak per-model cache of folded copies (no entry outlives its model)."""
+
+    def __init__(self) -> None:
+        self._cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, model: nn.Module, example: Tensor, channels_last: bool) -> nn.Module:
+        """The folded (and optionally channels-last) copy of ``model`` for inputs like ``example``."""
+        key = _signature(model, example, channels_last)
+        hit = self._cache.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        net, count = fold_batchnorm(model, example)
+        if channels_last and example.dim() == 4:
+            net = net.to(memory_format=torch.channels_last)
+        self._cache[model] = (key, net, count)
+        return net
+
+    def folded_count(self, model: nn.Module) -> int:
+        """How many conv -> BN pairs the cached copy of ``model`` folded (0 if none cached)."""
+        hit = self._cache.get(model)
+        return 0 if hit is None else hit[2]
+
+
+FAST_VIEWS = FastViews()
+
+__all__ = ["FAST_VIEWS", "FastViews", "fold_batchnorm"]

@@ -1,0 +1,110 @@
+"""fast=True: BatchNorm folded into convolutions on a cached copy; amp=True: autocast."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashtorch import attribute
+from flashtorch._fast import FastViews, fold_batchnorm
+from flashtorch.errors import MethodError
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model.eval()
+
+
+def _models():
+    tv = pytest.importorskip("torchvision")
+    timm = pytest.importorskip("timm")
+    return {
+        "resnet18": tv.models.resnet18(weights=None),
+        "mobilenet_v2": tv.models.mobilenet_v2(weights=None),
+        "efficientnet_lite0": timm.create_model("tf_efficientnet_lite0", pretrained=False),
+    }
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_lite0"])
+def test_fold_is_exact_and_leaves_model_untouched(name):
+    torch.manual_seed(0)
+    model = _randomise_bn(_models()[name])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    net, folded = fold_batchnorm(model, x)
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert folded == n_bn  # every BN in these nets directly follows a conv
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    with torch.no_grad():
+        a, b = model(x), net(x)
+    assert (a - b).abs().max() / a.abs().max() < 1e-4
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_fold_skips_conv_output_used_twice():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            z = self.bn(y) + y  # the raw conv output is used again: folding would be wrong
+            return self.fc(z.mean((2, 3)))
+
+    model = _randomise_bn(Branchy())
+    x = torch.randn(2, 3, 8, 8)
+    net, folded = fold_batchnorm(model, x)
+    assert folded == 0
+    assert torch.allclose(model(x), net(x))
+
+
+@pytest.mark.parametrize("method", ["gradient", "guided", "gradient_x_input", "deconvnet"])
+def test_fast_maps_agree_with_exact(method):
+    model = _randomise_bn(_models()["resnet18"])
+    x = torch.randn(2, 3, 64, 64)
+    exact = attribute(model, x, target=[3, 7], method=method).maps
+    fast = attribute(model, x, target=[3, 7], method=method, fast=True).maps
+    assert F.cosine_similarity(exact.flatten(), fast.flatten(), dim=0) > 0.999
+
+
+def test_cache_is_rebuilt_when_weights_change(tiny_cnn):
+    views = FastViews()
+    x = torch.randn(1, 3, 8, 8)
+    first = views.get(tiny_cnn, x, channels_last=False)
+    assert views.get(tiny_cnn, x, channels_last=False) is first
+    with torch.no_grad():
+        tiny_cnn.fc.weight.add_(1.0)
+    second = views.get(tiny_cnn, x, channels_last=False)
+    assert second is not first
+    assert torch.allclose(second(x), tiny_cnn(x))
+
+
+def test_amp_agrees_with_fp32():
+    model = _randomise_bn(_models()["resnet18"])
+    x = torch.randn(2, 3, 64, 64)
+    a = attribute(model, x, target=1, method="gradient").maps
+    b = attribute(model, x, target=1, method="gradient", amp=True).maps
+    assert b.dtype == torch.float32
+    assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.95
+
+
+def test_fast_refused_where_unsupported(tiny_cnn):
+    from flashtorch.attribution import METHODS
+
+    unsupported = [n for n, c in METHODS.items() if not c.supports_fast]
+    for name in unsupported:
+        with pytest.raises(MethodError, match="fast"):
+            attribute(tiny_cnn, torch.randn(1, 3, 8, 8), method=name, fast=True)
+    assert all(METHODS[n].supports_fast for n in ("gradient", "guided"))
