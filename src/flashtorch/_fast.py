@@ -1,12 +1,12 @@
-"""Exact-math model rewriting for speed: BatchNorm folded into the preceding convolution.
+r"""Exact-math model rewriting for speed: BatchNorm folded into the preceding convolution.
 
 In eval mode ``BN(conv(x))`` is an affine map per output channel, so it folds exactly into the
 convolution (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", section 3.2):
 
 .. math::
-    W' = W \\cdot \\frac{\\gamma}{\\sqrt{\\sigma^2 + \\epsilon}}, \\qquad
-    b' = (b - \\mu) \\frac{\\gamma}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta
+    W' = W \cdot \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}, \qquad
+    b' = (b - \mu) \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} + \beta
 
 The rewrite happens on a **copy** of the user's model (the user's model is never modified),
 optionally converted to ``channels_last``. The copy is cached per model in a weak dictionary and
@@ -164,7 +164,7 @@ class FastViews:
         )
 
     def get(self, model: nn.Module, example: Tensor, channels_last: bool) -> nn.Module:
-        """The folded (and optionally channels-last) copy of ``model`` for inputs like ``example``."""
+        """The folded (optionally channels-last) copy of ``model`` for inputs like ``example``."""
         key = _signature(model, example, channels_last)
         hit = self._cache.get(model)
         if hit is not None and hit[0] == key:

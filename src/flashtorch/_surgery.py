@@ -8,8 +8,8 @@ Three tools, each undone in ``finally``:
 * :class:`RectifierMode` - a :class:`~torch.overrides.TorchFunctionMode` that replaces the backward
   pass of every rectifier the model *actually runs* (``nn.ReLU`` reused or in place, ``F.relu``,
   ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``)
-  by the guided-backprop or deconvnet rule. Nothing is swapped in the model; leaving the ``with`` block
-  restores normal dispatch.
+  by the guided-backprop or deconvnet rule. Nothing is swapped in the model; leaving the
+  ``with`` block restores normal dispatch.
 * :class:`LayerRecorder` - forward hooks that capture a layer's output (and count its calls, so a
   module run twice in one forward is detected rather than silently taking the first call).
 """
@@ -319,19 +319,51 @@ class LayerRecorder:
         layer: module or dotted name.
         call: which call to keep when the module runs several times in one forward
             (``None``: refuse with :class:`~flashtorch.errors.SharedModuleError`).
+        leaf: make the selected call's output (call ``call``, or the first call when ``call`` is
+            ``None``) a fresh autograd leaf: the recorder keeps ``output.detach()`` (requiring
+            grad when grad mode is on) and the model continues with a copy of it. Gradients can
+            then be taken with respect to :attr:`output`, the backward pass stops there (nothing
+            upstream is differentiated), and in-place operations downstream (``F.relu(x,
+            inplace=True)`` after the layer) leave the recorded values intact. Needs
+            ``call >= 0``.
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module | str, call: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module | str,
+        call: int | None = None,
+        *,
+        leaf: bool = False,
+    ) -> None:
         self.name, self.module = find_layer(model, layer)
+        if leaf and call is not None and call < 0:
+            raise LayerError(
+                f"call={call}: with leaf=True the call must be counted from the start (0, 1, ...)"
+            )
         self.call = call
+        self.leaf = leaf
         self.outputs: list[Tensor] = []
         self._handles = HandleList()
 
     def __enter__(self) -> LayerRecorder:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            self.outputs.append(output)
+        selected = 0 if self.call is None else self.call
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            if not (self.leaf and len(self.outputs) == selected and isinstance(first, Tensor)):
+                self.outputs.append(first)
+                return None
+            captured = first.detach()
+            if torch.is_grad_enabled() and captured.is_floating_point():
+                captured.requires_grad_(True)
+            self.outputs.append(captured)
+            replaced = captured.clone()
+            if isinstance(output, tuple):
+                return (replaced, *output[1:])
+            if isinstance(output, list):
+                return [replaced, *output[1:]]
+            return replaced
 
         self._handles.append(self.module.register_forward_hook(hook))
         return self

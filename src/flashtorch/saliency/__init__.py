@@ -6,6 +6,9 @@ convention (``Method(model, **options)(inputs, target=...) -> Attribution``).
 
 from .backprop import Backprop
 from .gradient import Deconvnet, Gradient, GradientXInput, GuidedBackprop, input_gradients
+from .integrated_gradients import IntegratedGradients
+from .occlusion import Occlusion
+from .smoothgrad import SmoothGrad, SmoothGradSquared, VarGrad
 
 __all__ = [
     "Backprop",
@@ -13,5 +16,10 @@ __all__ = [
     "Gradient",
     "GradientXInput",
     "GuidedBackprop",
+    "IntegratedGradients",
+    "Occlusion",
+    "SmoothGrad",
+    "SmoothGradSquared",
+    "VarGrad",
     "input_gradients",
 ]

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 from ..errors import ClassNameError
 
@@ -20,9 +21,14 @@ _DATA_FILE = "imagenet_classes.txt"
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
 
+def _spaced(text: str) -> str:
+    """Treat ``_`` and ``-`` as spaces, collapse runs of spaces, strip."""
+    return _SEPARATORS.sub(" ", text).strip()
+
+
 def _normalize(text: str) -> str:
-    """Lower-case, treat ``_`` and ``-`` as spaces, collapse runs of spaces, strip."""
-    return _SEPARATORS.sub(" ", text).strip().lower()
+    """:func:`_spaced`, lower-cased."""
+    return _spaced(text).lower()
 
 
 @lru_cache(maxsize=1)
@@ -47,11 +53,12 @@ class ImageNetIndex:
 
     1. exact name (``"great grey owl"``),
     2. the query as whole words inside a name (``"grey owl"``),
-    3. the query as a substring of a name (``"espres"``).
+    3. the query as a substring of a name (``"guacam"``).
 
-    Several matches in the deciding tier, or none at all, raise
-    :class:`~flashtorch.errors.ClassNameError` (a ``KeyError``) that lists the candidates with
-    their indices, or the closest names.
+    Case decides only between names that differ in nothing else (``"Cardigan"``, the dog, is
+    264; ``"cardigan"``, the sweater, is 474). Several matches in the deciding tier, or none at
+    all, raise :class:`~flashtorch.errors.ClassNameError` (a ``KeyError``) that lists the
+    candidates with their indices, or the closest names.
 
     Example:
         >>> index = ImageNetIndex()
@@ -61,8 +68,10 @@ class ImageNetIndex:
         24
         >>> index[24]
         'great grey owl'
-        >>> index.search("owl")
+        >>> index.search("grey owl")
         [(24, 'great grey owl')]
+        >>> index["owl"]  # whole word wins over 'bowl'
+        24
         >>> len(index), "espresso" in index, 967 in index
         (1000, True, True)
     """
@@ -137,7 +146,7 @@ class ImageNetIndex:
     # -- helpers ---------------------------------------------------------------------------
 
     @staticmethod
-    def _as_index(key: object) -> int:
+    def _as_index(key: Any) -> int:
         if isinstance(key, bool):
             raise ClassNameError(f"expected a class name or index, got the boolean {key}")
         try:
@@ -173,7 +182,12 @@ class ImageNetIndex:
                 f"empty class name {name!r}; give an ImageNet class name such as 'tabby' "
                 "(`flashtorch classes QUERY` lists names)"
             )
-        for tier, how in zip(self._tiers(query), ("exactly", "as whole words", "as a substring")):
+        tiers = self._tiers(query)
+        if len(tiers[0]) > 1:  # 'Cardigan' (dog, 264) vs 'cardigan' (sweater, 474): use case
+            same_case = [(i, n) for i, n in tiers[0] if _spaced(n) == _spaced(name)]
+            if len(same_case) == 1:
+                return same_case[0][0]
+        for tier, how in zip(tiers, ("exactly", "as whole words", "as a substring")):
             if len(tier) == 1:
                 return tier[0][0]
             if len(tier) > 1:
