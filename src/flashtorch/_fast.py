@@ -63,7 +63,7 @@ def _bn_replacement(bn: nn.Module) -> nn.Module | None:
     return None  # an unknown subclass may do more than BN: leave it alone
 
 
-def _fold(conv: nn.Module, bn: nn.Module) -> None:
+def _fold(conv: Any, bn: Any) -> None:
     with torch.no_grad():
         var, mean = bn.running_var, bn.running_mean
         scale = torch.rsqrt(var + bn.eps)
@@ -123,11 +123,12 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
         handles.remove()
 
     folded = 0
-    for bn, tensor in bn_in:
+    for bn_module, tensor in bn_in:
+        bn: Any = bn_module
         pair = conv_out.get(id(tensor))
         if pair is None or pair[1] is not tensor:
             continue
-        conv = pair[0]
+        conv: Any = pair[0]
         if calls.get(conv) != 1 or calls.get(bn) != 1 or uses.get(id(tensor)) != 1:
             continue
         if bn.running_mean is None or bn.running_var is None:
