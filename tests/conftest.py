@@ -63,6 +63,8 @@ def tiny_cnn() -> nn.Module:
 # runs with its defaults.
 FAST_OPTIONS: dict[str, dict] = {
     "smoothgrad": {"n_samples": 3},
+    "smoothgrad_sq": {"n_samples": 3},
+    "vargrad": {"n_samples": 3},
     "integrated_gradients": {"steps": 4},
     "occlusion": {"window": 8, "stride": 8},
     "scorecam": {"internal_batch_size": 8},

@@ -47,7 +47,7 @@ def test_load_image_numpy_hwc_chw_float_and_16bit():
 def test_load_image_converts_modes(mode, tmp_path):
     base = Image.fromarray(_rgb())
     if mode == "I;16":
-        im = Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257))
+        im = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
     else:
         im = base.convert(mode)
     suffix = ".tiff" if mode == "CMYK" else ".png"
