@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "1.0.0"
 
-from . import saliency  # noqa: E402,F401  (registers the gradient methods)
+from . import cam, saliency  # noqa: E402,F401  (importing them registers their methods)
 from .api import attribute  # noqa: E402
 from .attribution import (  # noqa: E402
     METHODS,

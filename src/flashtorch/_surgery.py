@@ -5,11 +5,11 @@ Three tools, each undone in ``finally``:
 * :func:`preserved_state` - records every module's ``training`` flag and every parameter's
   ``requires_grad`` and ``.grad``, optionally switches to eval mode and freezes parameters for the
   duration of a call (so the backward pass reaches the input only), and puts all of it back.
-* :class:`RectifierMode` - a :class:`~torch.overrides.TorchFunctionMode` that replaces the backward
-  pass of every rectifier the model *actually runs* (``nn.ReLU`` reused or in place, ``F.relu``,
-  ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``)
-  by the guided-backprop or deconvnet rule. Nothing is swapped in the model; leaving the
-  ``with`` block restores normal dispatch.
+* :class:`RectifierRule` - hooks on the autograd graph of one call that replace the backward pass
+  of every rectifier the model *actually ran* (``nn.ReLU`` reused or in place, ``F.relu``,
+  ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``,
+  ``F.threshold(x, 0, 0)``) by the guided-backprop or deconvnet rule. Nothing in the model is
+  touched; the hooks die with the graph.
 * :class:`LayerRecorder` - forward hooks that capture a layer's output (and count its calls, so a
   module run twice in one forward is detected rather than silently taking the first call).
 """
@@ -23,9 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from .errors import LayerError, SharedModuleError
 
@@ -95,179 +93,118 @@ def preserved_state(
 
 
 # --------------------------------------------------------------------------------------------
-# Rectifier interception
+# Rectifier rules on the autograd graph
 # --------------------------------------------------------------------------------------------
 
+# Autograd nodes of rectifiers -> test on the node's saved arguments that it really rectifies.
+# nn.ReLU (reused or in place), F.relu, torch.relu(_), Tensor.relu(_) all record ReluBackward0;
+# nn.ReLU6, F.relu6 and F.hardtanh record HardtanhBackward0 (mask: min < x < max); clamp at zero
+# records ClampBackward1 / ClampMinBackward0; F.threshold(x, 0, 0) ThresholdBackward0.
+_RECTIFIER_NODES: dict[str, Callable[[Any], bool]] = {
+    "ReluBackward0": lambda node: True,
+    "ReluBackward1": lambda node: True,
+    "HardtanhBackward0": lambda node: True,
+    "HardtanhBackward1": lambda node: True,
+    "ClampBackward1": lambda node: _saved(node, "_saved_min") == 0,
+    "ClampMinBackward0": lambda node: _saved(node, "_saved_min") == 0,
+    "ThresholdBackward0": lambda node: _saved(node, "_saved_threshold") == 0,
+    "ThresholdBackward1": lambda node: _saved(node, "_saved_threshold") == 0,
+}
 
-class _ModifiedRectifier(torch.autograd.Function):
-    """``clamp(x, lo, hi)`` forward with a guided / deconvnet backward.
-
-    Guided backprop (Springenberg et al. 2014, "Striving for Simplicity"): the backward signal
-    through a rectifier is ``g * [lo < x < hi] * [g > 0]`` - the forward mask of the linear
-    region *and* the sign of the incoming gradient. Deconvnet (Zeiler & Fergus 2014) ignores the
-    forward mask and passes ``max(g, 0)``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, lo: float | None, hi: float | None, inplace: bool, rule: str
-    ) -> Tensor:
-        if inplace:
-            out = x.clamp_(lo, hi)
-            ctx.mark_dirty(x)
-        else:
-            out = x.clamp(lo, hi)
-        ctx.rule = rule
-        if rule == "guided":
-            mask = out > lo if lo is not None else torch.ones_like(out, dtype=torch.bool)
-            if hi is not None:
-                mask &= out < hi
-            ctx.save_for_backward(mask)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        positive = grad.clamp(min=0)
-        if ctx.rule == "guided":
-            (mask,) = ctx.saved_tensors
-            positive = positive * mask
-        return positive, None, None, None, None
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
-
-
-def _relu_spec(args: tuple, kwargs: dict, inplace: bool | None) -> tuple[float, float | None, bool]:
-    ip = bool(_arg(args, kwargs, 1, "inplace", False)) if inplace is None else inplace
-    return 0.0, None, ip
-
-
-def _relu6_spec(args: tuple, kwargs: dict, inplace: bool | None) -> tuple[float, float, bool]:
-    ip = bool(_arg(args, kwargs, 1, "inplace", False)) if inplace is None else inplace
-    return 0.0, 6.0, ip
-
-
-def _hardtanh_spec(args: tuple, kwargs: dict, inplace: bool | None) -> tuple[float, float, bool]:
-    lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
-    hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
-    ip = bool(_arg(args, kwargs, 3, "inplace", False)) if inplace is None else inplace
-    return lo, hi, ip
-
-
-def _clamp_spec(
-    args: tuple, kwargs: dict, inplace: bool | None
-) -> tuple[float, float | None, bool] | None:
-    lo = _arg(args, kwargs, 1, "min", None)
-    hi = _arg(args, kwargs, 2, "max", None)
-    # Only a clamp at zero from below is a rectifier; anything else is left alone.
-    if isinstance(lo, Tensor) or isinstance(hi, Tensor) or lo is None or float(lo) != 0.0:
-        return None
-    return 0.0, (None if hi is None else float(hi)), bool(inplace)
-
-
-def _build_table() -> dict[Callable, tuple[Callable, bool | None]]:
-    table: dict[Callable, tuple[Callable, bool | None]] = {
-        F.relu: (_relu_spec, None),
-        F.relu_: (_relu_spec, True),
-        torch.relu: (_relu_spec, False),
-        torch.relu_: (_relu_spec, True),
-        Tensor.relu: (_relu_spec, False),
-        Tensor.relu_: (_relu_spec, True),
-        F.relu6: (_relu6_spec, None),
-        F.hardtanh: (_hardtanh_spec, None),
-        F.hardtanh_: (_hardtanh_spec, True),
-        torch.clamp: (_clamp_spec, False),
-        torch.clip: (_clamp_spec, False),
-        torch.clamp_min: (_clamp_spec, False),
-        Tensor.clamp: (_clamp_spec, False),
-        Tensor.clip: (_clamp_spec, False),
-        Tensor.clamp_: (_clamp_spec, True),
-        Tensor.clamp_min: (_clamp_spec, False),
-        Tensor.clamp_min_: (_clamp_spec, True),
-    }
-    for name in ("relu6", "hardtanh", "hardtanh_"):
-        fn = getattr(torch._C._nn, name, None)
-        if fn is not None:
-            spec = _relu6_spec if name == "relu6" else _hardtanh_spec
-            table[fn] = (spec, True if name.endswith("_") else None)
-    return table
-
-
-_RECTIFIERS = _build_table()
-
-# Smooth activations are not rectifiers: guided backprop / deconvnet leave their exact
-# gradient unchanged (policy documented in flashtorch.saliency). They are counted so that the
-# warning "no rectifier ran" can name what the model runs instead.
-_SMOOTH = {
-    F.silu: "silu",
-    F.gelu: "gelu",
-    F.mish: "mish",
-    F.hardswish: "hardswish",
-    F.elu: "elu",
-    F.leaky_relu: "leaky_relu",
-    F.softplus: "softplus",
-    torch.sigmoid: "sigmoid",
-    Tensor.sigmoid: "sigmoid",
-    F.hardsigmoid: "hardsigmoid",
+# Smooth activations are not rectifiers: their exact gradient is kept (policy documented in
+# flashtorch.saliency). They are collected so that the "no rectifier" warning can name them.
+_SMOOTH_NODES = {
+    "SiluBackward0": "silu",
+    "GeluBackward0": "gelu",
+    "MishBackward0": "mish",
+    "HardswishBackward0": "hardswish",
+    "EluBackward0": "elu",
+    "LeakyReluBackward0": "leaky_relu",
+    "LeakyReluBackward1": "leaky_relu",
+    "SoftplusBackward0": "softplus",
+    "SigmoidBackward0": "sigmoid",
+    "HardsigmoidBackward0": "hardsigmoid",
+    "TanhBackward0": "tanh",
 }
 
 
-class RectifierMode(TorchFunctionMode):
-    """Give every rectifier the model runs a guided-backprop or deconvnet backward pass.
+def _saved(node: Any, name: str) -> Any:
+    try:
+        value = getattr(node, name)
+    except (AttributeError, RuntimeError):
+        return None
+    return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
 
-    Works on what actually runs - modules (also one module reused many times, or in place) and
-    functional calls alike - because it intercepts calls at the ``__torch_function__`` level
-    instead of looking for ``nn.ReLU`` instances. Scripted (TorchScript) code bypasses Python and
-    is not seen: :attr:`calls` stays 0 and the caller warns.
+
+def _positive(grads: tuple) -> tuple:
+    return tuple(None if g is None else g.clamp(min=0) for g in grads)
+
+
+class RectifierRule:
+    """Give every rectifier in a computed graph a guided-backprop or deconvnet backward pass.
+
+    After the forward pass, :meth:`attach` walks the autograd graph from the scores back to the
+    input and hooks every rectifier node the model *actually ran* - modules (also one module
+    reused many times, or in place) and functional calls alike - so nothing is looked up by
+    module type and nothing in the model changes. The hooks live on the graph, which is freed by
+    the backward pass: no cleanup is needed and the forward pass costs nothing extra.
+
+    * guided (Springenberg et al. 2014): a pre-hook keeps only the positive part of the incoming
+      gradient; the node then applies its own forward mask, giving ``g * [lo < x < hi] * [g > 0]``.
+    * deconvnet (Zeiler & Fergus 2014): a hook replaces the node's result by ``max(g, 0)``,
+      ignoring the forward mask.
+
+    Scripted (TorchScript) code fuses its graph and hides its rectifiers: :attr:`calls` stays 0
+    and the caller warns.
 
     Args:
-        rule: ``"guided"`` (Springenberg et al. 2014) or ``"deconvnet"`` (Zeiler & Fergus 2014).
+        rule: ``"guided"`` or ``"deconvnet"``.
 
     Attributes:
-        calls: number of rectifier calls that were modified.
+        calls: number of rectifier nodes modified.
         smooth: names of smooth activations seen (left unmodified).
     """
 
     def __init__(self, rule: Rule) -> None:
-        super().__init__()
         if rule not in ("guided", "deconvnet"):
             raise ValueError(f"rule must be 'guided' or 'deconvnet', got {rule!r}")
         self.rule = rule
         self.calls = 0
         self.smooth: set[str] = set()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        kwargs = kwargs or {}
-        entry = _RECTIFIERS.get(func)
-        if entry is not None and args and isinstance(args[0], Tensor):
-            spec, inplace = entry
-            parsed = spec(args, kwargs, inplace)
-            x = args[0]
-            if parsed is not None and x.requires_grad and torch.is_grad_enabled():
-                lo, hi, ip = parsed
+    def attach(self, *roots: Tensor) -> None:
+        """Hook the rectifier nodes of the graph that produced ``roots``."""
+        stack = [t.grad_fn for t in roots if t.grad_fn is not None]
+        seen: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            name = type(node).__name__
+            check = _RECTIFIER_NODES.get(name)
+            if check is not None and check(node):
                 self.calls += 1
-                return _ModifiedRectifier.apply(x, lo, hi, ip, self.rule)
-        else:
-            name = _SMOOTH.get(func)
-            if name is not None:
-                self.smooth.add(name)
-        return func(*args, **kwargs)
+                if self.rule == "guided":
+                    node.register_prehook(_positive)
+                else:
+                    node.register_hook(lambda grad_in, grad_out: _positive(grad_out))
+            elif name in _SMOOTH_NODES:
+                self.smooth.add(_SMOOTH_NODES[name])
+            stack.extend(next_node for next_node, _ in node.next_functions)
 
-
-def warn_if_no_rectifier(mode: RectifierMode, method: str) -> None:
-    """Warn that a guided/deconvnet map equals a plain gradient when no rectifier ran."""
-    if mode.calls == 0:
-        seen = ", ".join(sorted(mode.smooth)) or "none that flashtorch recognises"
-        warnings.warn(
-            f"{method}: the model ran no rectifier (ReLU/ReLU6/hardtanh) that flashtorch could "
-            f"modify (smooth activations seen: {seen}); the map equals the plain gradient. "
-            "Scripted (TorchScript) models hide their activations: pass the Python model.",
-            UserWarning,
-            stacklevel=3,
-        )
+    def warn_if_unused(self, method: str) -> None:
+        """Warn that the map equals the plain gradient when no rectifier was found."""
+        if self.calls == 0:
+            seen = ", ".join(sorted(self.smooth)) or "none that flashtorch recognises"
+            warnings.warn(
+                f"{method}: the model ran no rectifier (ReLU/ReLU6/hardtanh/clamp at 0) that "
+                f"flashtorch could modify (smooth activations seen: {seen}); the map equals the "
+                "plain gradient. Scripted (TorchScript) models hide their activations: pass the "
+                "Python model.",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,10 +355,9 @@ def hook_count(model: nn.Module) -> int:
 __all__ = [
     "HandleList",
     "LayerRecorder",
-    "RectifierMode",
+    "RectifierRule",
     "find_layer",
     "hook_count",
     "model_device",
     "preserved_state",
-    "warn_if_no_rectifier",
 ]

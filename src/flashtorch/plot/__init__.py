@@ -5,6 +5,15 @@ atomically; nothing opens a window, so everything works headless.
 """
 
 from ._common import save_figure
+from .attribution import attribution_grid, compare_images, compare_methods, display_maps
 from .saliency import overlay, visualize
 
-__all__ = ["overlay", "save_figure", "visualize"]
+__all__ = [
+    "attribution_grid",
+    "compare_images",
+    "compare_methods",
+    "display_maps",
+    "overlay",
+    "save_figure",
+    "visualize",
+]

@@ -5,8 +5,9 @@ respect to the input, parameters frozen: no parameter gradient is computed).
 
 Rectifier policy (guided / deconvnet): the modified backward rule is applied to every rectifier
 the model actually runs - ``nn.ReLU`` (reused, in place), ``F.relu``, ``torch.relu(_)``,
-``Tensor.relu(_)``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh`` and ``clamp(min=0)`` - found by a
-``TorchFunctionMode`` (:class:`flashtorch._surgery.RectifierMode`), not by module type. Smooth
+``Tensor.relu(_)``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)`` and
+``F.threshold(x, 0, 0)`` - found on the autograd graph of the call
+(:class:`flashtorch._surgery.RectifierRule`), not by module type. Smooth
 activations (SiLU, GELU, Mish, hard-swish, sigmoid gates) are not rectifiers: they keep their
 exact gradient. If a model runs no rectifier, a ``UserWarning`` says the map equals the plain
 gradient.
@@ -14,12 +15,10 @@ gradient.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
-from .._surgery import RectifierMode, Rule, warn_if_no_rectifier
+from .._surgery import RectifierRule, Rule
 from .._targets import Target
 from ..attribution import AttributionMethod, MethodOutput, forward_scores, register
 
@@ -45,12 +44,12 @@ def input_gradients(
         :class:`~flashtorch.attribution.MethodOutput` whose ``maps`` are the gradients.
     """
     x = inputs.detach().requires_grad_(True)
-    mode = RectifierMode(rule) if rule is not None else contextlib.nullcontext()
     with torch.enable_grad():
-        with mode:
-            output, scores, indices = forward_scores(model, x, target)
+        output, scores, indices = forward_scores(model, x, target)
         if rule is not None:
-            warn_if_no_rectifier(mode, method)  # type: ignore[arg-type]
+            rectifiers = RectifierRule(rule)
+            rectifiers.attach(scores)
+            rectifiers.warn_if_unused(method)
         if not scores.requires_grad:
             from ..errors import TargetError
 
