@@ -19,10 +19,12 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
+if [ "$PY" = "true" ]; then exit 0; fi  # chromium only: the dev extra brings playwright
+
 if ! "$PY" -c "import playwright.sync_api" 2>/dev/null; then
   echo "install_browser: installing the playwright python package" >&2
   "$PY" -m pip install -q "playwright>=1.40"
 fi
 
-/usr/bin/chromium --version >&2
+/usr/bin/chromium --version >&2 2>/dev/null || true
 "$PY" -c "import importlib.metadata as m; print('playwright', m.version('playwright'))" >&2

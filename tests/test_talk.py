@@ -119,3 +119,16 @@ def test_pretrained_predictions(pretrained, image_dir):
         top1 = pretrained(x).argmax(1).tolist()
     assert top1[0] == 967  # espresso
     assert 281 <= top1[1] <= 285  # a cat
+
+
+def test_saved_figures_have_normal_permissions(tmp_path):
+    import os
+
+    from flashtorch.plot._common import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644 and path.read_bytes() == b"x"

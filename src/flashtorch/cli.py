@@ -1,0 +1,1088 @@
+"""The ``flashtorch`` command: every method from the shell, figures on disk, an HTML report.
+
+Subcommands::
+
+    flashtorch explain IMAGE... [--model M] [--method NAME|all] [--target CLASS|INDEX]
+                                [--layer L] [--out DIR] [--format png|npy|both] [--device D]
+    flashtorch report IMAGE... [--method ...] -o report.html
+    flashtorch classes QUERY
+    flashtorch layers [--model M]
+    flashtorch methods
+    flashtorch activmax --layer L --channels 0-7 [--steps N] [--size PX] [--out DIR]
+    flashtorch dream IMAGE --layer L [--channel C] [--steps N] [--out DIR]
+
+Errors. Every mistake prints ONE line on stderr (``flashtorch: error: ...``) that says what to
+do, and no traceback unless ``--debug`` is given. Exit status:
+
+* ``0`` success;
+* ``2`` usage errors: a bad option value, an unknown method, class, layer or model name (the
+  message suggests close names), a missing or unreadable image, an output folder that cannot
+  be created or written (checked *before* any work is done);
+* ``1`` run-time failures: a missing optional dependency, the model failing, an I/O error
+  while writing results, anything unexpected;
+* ``130`` interrupted (Ctrl-C).
+
+Outputs are written atomically (temporary file + rename): an interrupted run never leaves a
+half-written PNG, NPY or HTML file.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+
+PROG = "flashtorch"
+DEFAULT_MODEL = "efficientnet_lite0"
+#: Methods ``flashtorch report`` runs when none are named (those registered are kept).
+REPORT_DEFAULT_METHODS = ("gradient", "guided", "smoothgrad", "integrated_gradients", "gradcam")
+#: CLI defaults that keep the sampling methods quick on a CPU (override with ``--opt``).
+CLI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoothgrad": {"n_samples": 16},
+    "smoothgrad_sq": {"n_samples": 16},
+    "vargrad": {"n_samples": 16},
+    "integrated_gradients": {"steps": 25},
+}
+#: Show a progress bar only past this many steps.
+PROGRESS_THRESHOLD = 3
+
+
+class CliUsageError(click.UsageError):
+    """A usage mistake found by the command itself (exit status 2)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Error reporting and the entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _usage_exceptions() -> tuple[type[BaseException], ...]:
+    from .errors import (
+        ImageLoadError,
+        InputError,
+        LayerError,
+        MethodError,
+        ModelLoadError,
+        TargetError,
+    )
+
+    return (
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        InputError,
+        ImageLoadError,
+        TargetError,
+        LayerError,
+        MethodError,
+        ModelLoadError,
+    )
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status for an exception: 2 for usage errors, 130 for Ctrl-C, else 1."""
+    if isinstance(exc, (KeyboardInterrupt, click.Abort)):
+        return 130
+    if isinstance(exc, click.ClickException):
+        return int(exc.exit_code)
+    if isinstance(exc, _usage_exceptions()):
+        return 2
+    return 1
+
+
+def _one_line(text: str) -> str:
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    return "; ".join(parts)
+
+
+def describe(exc: BaseException) -> str:
+    """One line that says what went wrong (and, for usage errors, what to do)."""
+    from .errors import FlashTorchError
+
+    if isinstance(exc, (KeyboardInterrupt, click.Abort)):
+        return "interrupted"
+    if isinstance(exc, click.UsageError):
+        message = exc.format_message()
+        if exc.ctx is not None and not isinstance(exc, CliUsageError):
+            message += f" (see '{exc.ctx.command_path} --help')"
+        return _one_line(message)
+    if isinstance(exc, click.ClickException):
+        return _one_line(exc.format_message())
+    if isinstance(exc, FlashTorchError):
+        return _one_line(str(exc))
+    if isinstance(exc, FileNotFoundError):
+        where = f": {exc.filename}" if exc.filename else ""
+        text = str(exc) if not exc.filename else f"no such file or folder{where}"
+        return _one_line(text)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _one_line(f"{exc.strerror}{where}")
+    name = type(exc).__name__
+    return _one_line(f"{name}: {exc} (run again with --debug for the traceback)")
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    end = list(argv).index("--") if "--" in argv else len(argv)
+    return "--debug" in argv[:end]
+
+
+def _show_warning(debug: bool) -> Callable[..., None]:
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any,
+             **__: Any) -> None:
+        ours = f"{os.sep}flashtorch{os.sep}" in filename and issubclass(category, UserWarning)
+        if debug:
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
+        elif ours:
+            sys.stderr.write(f"{PROG}: warning: {_one_line(str(message))}\n")
+
+    return show
+
+
+class _NeverRaised(click.ClickException):
+    """Stands in for click's NoArgsIsHelpError on click < 8.2."""
+
+
+#: click >= 8.2 raises this for a bare group call (older versions print the help and exit 0).
+_NO_ARGS_IS_HELP: type[click.ClickException] = getattr(
+    click.exceptions, "NoArgsIsHelpError", _NeverRaised
+)
+
+
+def main(args: Sequence[str] | None = None) -> NoReturn:
+    """Run the ``flashtorch`` command (the console-script entry point) and exit.
+
+    Args:
+        args: the arguments (default: ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    code = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning(debug)
+        try:
+            result = cli.main(args=argv, prog_name=PROG, standalone_mode=False,
+                              obj={"argv": argv})
+            code = result if isinstance(result, int) else 0
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except _NO_ARGS_IS_HELP as exc:  # bare `flashtorch`: the help, as click prints it
+            sys.stderr.write(exc.format_message() + "\n")
+            code = exc.exit_code
+        except (Exception, KeyboardInterrupt, click.Abort) as exc:
+            if debug:
+                traceback.print_exc()
+            sys.stderr.write(f"{PROG}: error: {describe(exc)}\n")
+            code = exit_code_for(exc)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options
+# --------------------------------------------------------------------------------------------
+
+
+def _flag_callback(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value:
+            ctx.meta[key] = True
+        return value
+
+    return callback
+
+
+def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--debug", is_flag=True, expose_value=False, callback=_flag_callback("flashtorch.debug"),
+        help="Show full tracebacks and every warning.",
+    )(func)
+    func = click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False,
+        callback=_flag_callback("flashtorch.quiet"),
+        help="No progress bar and no 'wrote ...' lines.",
+    )(func)
+    return func
+
+
+def _model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--trust-pickle", is_flag=True,
+        help="Allow loading a whole pickled model file (runs code from the file: trusted "
+        "files only). Weight files never need it.",
+    )(func)
+    func = click.option(
+        "--device", default="auto", show_default=True, metavar="DEVICE",
+        help="cpu, cuda, cuda:N, mps, or auto (cuda when available).",
+    )(func)
+    func = click.option(
+        "-m", "--model", "model_spec", default=DEFAULT_MODEL, show_default=True, metavar="M",
+        help="efficientnet_lite0 (bundled), torchvision:NAME[:WEIGHTS.pth], "
+        "timm:NAME[:WEIGHTS], a TorchScript file, or package.module:factory.",
+    )(func)
+    return func
+
+
+def _quiet(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("flashtorch.quiet"))
+
+
+def _info(ctx: click.Context, message: str) -> None:
+    if not _quiet(ctx):
+        _echo(message)
+
+
+def _echo(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
+
+def _progress(ctx: click.Context, total: int, unit: str, desc: str) -> Any:
+    from tqdm import tqdm
+
+    disable = True if (_quiet(ctx) or total <= PROGRESS_THRESHOLD) else None
+    return tqdm(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr,
+                leave=False, dynamic_ncols=True)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "-V", "--version", prog_name=PROG,
+                      message="%(prog)s %(version)s")
+@_common_options
+def cli() -> None:
+    """See what a vision model sees: saliency maps, CAMs and feature visualisation.
+
+    The default model is the bundled ImageNet-pretrained EfficientNet-Lite0. Exit status: 0 ok,
+    2 usage error (bad option, unknown name, missing file, unwritable output folder), 1 run-time
+    failure.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _usage(message: str) -> NoReturn:
+    raise CliUsageError(message)
+
+
+def resolve_device(spec: str) -> Any:
+    """``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` -> a usable ``torch.device``."""
+    import torch
+
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        _usage(f"unknown device {spec!r}; use cpu, cuda, cuda:N, mps or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            _usage("CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            _usage(f"there is no {device}; this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        _usage("MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def register_methods() -> None:
+    """Import the method families so that every method is in the registry."""
+    import importlib
+
+    for family in ("saliency", "cam"):
+        try:
+            importlib.import_module(f"{__package__}.{family}")
+        except ImportError:  # a family missing from this build: its methods are not offered
+            pass
+
+
+def parse_methods(values: Sequence[str], default: Sequence[str] = ("guided",)) -> list[str]:
+    """``--method`` values (repeated and/or comma-separated, ``all``) -> registry names."""
+    from . import available_methods, get_method
+
+    register_methods()
+    names: list[str] = []
+    raw = [v.strip() for value in values for v in value.split(",") if v.strip()] or list(default)
+    for name in raw:
+        expanded = available_methods() if name.lower() == "all" else [get_method(name).name]
+        names.extend(n for n in expanded if n not in names)
+    return names
+
+
+def parse_target(value: str | None) -> int | str | None:
+    """``--target``: an integer index, or an ImageNet class name (checked, with suggestions)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        index = int(text)
+        if index < 0:
+            _usage(f"--target {value!r}: a class index must be >= 0")
+        return index
+    from .utils import ImageNetIndex
+
+    ImageNetIndex()[text]  # raises ClassNameError with close names
+    return text
+
+
+def parse_channels(value: str) -> list[int]:
+    """``0-7``, ``3``, ``1,4,9`` or ``0-3,8`` -> a sorted list of channel indices."""
+    channels: list[int] = []
+    for part in value.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            _usage(f"--channels {value!r}: write indices like 0-7, 3 or 1,4,9")
+        lo = int(match[1])
+        hi = int(match[2]) if match[2] is not None else lo
+        if hi < lo:
+            _usage(f"--channels {value!r}: the range {part} is empty; write LOW-HIGH")
+        channels.extend(c for c in range(lo, hi + 1) if c not in channels)
+    if len(channels) > 256:
+        _usage(f"--channels {value!r} selects {len(channels)} channels; at most 256 per run")
+    return channels
+
+
+def parse_options(values: Sequence[str]) -> dict[str, Any]:
+    """``--opt KEY=VALUE`` (repeatable) -> a dict; values are Python literals or strings."""
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            _usage(f"--opt {item!r}: write KEY=VALUE, e.g. --opt n_samples=8")
+        try:
+            options[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            options[key] = raw.strip()
+    return options
+
+
+def _accepts(cls: type, key: str) -> bool:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return True
+    if key in params:
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def method_options(
+    methods: Sequence[str], options: dict[str, Any], layer: str | None
+) -> dict[str, dict[str, Any]]:
+    """Per-method constructor options: CLI defaults, then ``--opt`` values that each accepts."""
+    from . import get_method
+
+    unused = set(options)
+    per_method: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        cls = get_method(name)
+        opts = {k: v for k, v in CLI_METHOD_DEFAULTS.get(name, {}).items() if _accepts(cls, k)}
+        for key, value in options.items():
+            if _accepts(cls, key) and key != "layer":
+                opts[key] = value
+                unused.discard(key)
+        if getattr(cls, "needs_layer", False) and layer is not None:
+            opts["layer"] = layer
+        per_method[name] = opts
+    if "layer" in options:
+        _usage("give the layer with --layer, not --opt layer=...")
+    if unused:
+        _usage(
+            f"no selected method takes the option(s) {', '.join(sorted(unused))}; "
+            f"selected: {', '.join(methods)} (see 'flashtorch methods')"
+        )
+    if layer is not None and not any(getattr(get_method(m), "needs_layer", False)
+                                     for m in methods):
+        _usage(
+            f"--layer is for methods that need a layer (CAMs); none of {', '.join(methods)} "
+            "does"
+        )
+    return per_method
+
+
+def check_output_dir(path: Path, hint: str = "choose another with --out") -> Path:
+    """Create ``path`` if needed and prove it is writable, or fail with a usage error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".flashtorch-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        _usage(f"output folder {str(path)!r} is a file; {hint}")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        _usage(f"cannot write to output folder {str(path)!r} ({reason}); {hint}")
+    return path
+
+
+def check_output_file(path: Path) -> Path:
+    """Check that a file can be written at ``path`` (its folder exists or can be made)."""
+    if path.is_dir():
+        _usage(f"output {str(path)!r} is a folder; give a file name such as report.html")
+    check_output_dir(path.parent, hint="choose another path with -o")
+    return path
+
+
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """File-name stems for the outputs, made unique (``cat``, ``cat-2``...)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        stem = re.sub(r"[^\w.+-]+", "_", stem)
+        count = seen.get(stem, 0) + 1
+        seen[stem] = count
+        stems.append(stem if count == 1 else f"{stem}-{count}")
+    return stems
+
+
+def _command_line(ctx: click.Context) -> str:
+    obj = ctx.find_root().obj
+    args = obj.get("argv") if isinstance(obj, dict) else None
+    if args is None:
+        args = sys.argv[1:]
+    return shlex.join([PROG, *args])
+
+
+# --------------------------------------------------------------------------------------------
+# Model and images
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A model with the preprocessing its inputs need."""
+
+    model: Any
+    spec: str
+    device: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+
+
+def load_cli_model(spec: str, device: Any, size: int | None, trust_pickle: bool) -> LoadedModel:
+    """Load ``--model`` on ``device`` with its mean/std/size (ImageNet's when unknown)."""
+    from .models import load_model, preprocessing
+    from .utils import IMAGENET_MEAN, IMAGENET_STD
+
+    model = load_model(spec, trust_pickle=trust_pickle, device=device)
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(IMAGENET_STD)
+    default_size = 224
+    try:
+        pre: dict[str, Any] | None = preprocessing(spec)
+    except Exception:  # unknown preprocessing (files, factories): ImageNet's, documented
+        pre = None
+    if pre is not None:
+        mean, std = tuple(pre["mean"]), tuple(pre["std"])
+        default_size = int(pre["size"])
+    default_size = int(getattr(model, "input_size", default_size) or default_size)
+    return LoadedModel(model, spec, device, tuple(mean), tuple(std), size or default_size)
+
+
+def check_images(paths: Sequence[str]) -> list[str]:
+    """Check every image up front (exists, is a file, has an image header), without decoding.
+
+    A bad file thus fails before the model is loaded; the pixels are read batch by batch.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import ImageLoadError
+
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise FileNotFoundError(f"no image file at {p!r}; check the path")
+        if path.is_dir():
+            raise ImageLoadError(f"{p!r} is a folder, not an image file")
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageLoadError(f"{p!r} is not a readable image ({exc})") from None
+    return list(paths)
+
+
+# --------------------------------------------------------------------------------------------
+# Running methods (shared by explain and report)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MapResult:
+    """One method's result for one image."""
+
+    method: str
+    maps: Any  # (C, H, W) tensor on the CPU
+    target: int | None
+    seconds: float
+    layer: str | None = None
+
+
+@dataclass
+class ImageResult:
+    """Everything computed for one image."""
+
+    path: str
+    stem: str
+    image: Any  # (3, H, W) in [0, 1], CPU
+    top: list[tuple[int, str, float]]
+    num_classes: int
+    maps: list[MapResult] = field(default_factory=list)
+
+
+def _class_label(index: int, num_classes: int) -> str:
+    if num_classes == 1000:
+        from .utils import ImageNetIndex
+
+        return str(ImageNetIndex()[index])
+    return f"class {index}"
+
+
+def top_k(logits: Any, k: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Per image ``[(index, label, probability), ...]`` of the ``k`` top classes."""
+    import torch
+
+    if logits.dim() != 2:
+        return [[] for _ in range(logits.shape[0])]
+    probs = torch.softmax(logits.detach().float(), dim=1).cpu()
+    k = min(k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [
+        [(int(i), _class_label(int(i), probs.shape[1]), float(v)) for v, i in zip(vs, ix)]
+        for vs, ix in zip(values, indices)
+    ]
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_methods(
+    loaded: LoadedModel,
+    paths: Sequence[str],
+    methods: Sequence[str],
+    options: dict[str, dict[str, Any]],
+    target: int | str | None,
+    batch_size: int,
+    progress: Any,
+    on_image: Callable[[ImageResult], None] | None = None,
+) -> Iterator[ImageResult]:
+    """Run each method on each image file (in batches); yields one :class:`ImageResult` each.
+
+    ``on_image`` is called with each image's predictions before its maps are computed.
+    """
+    import torch
+
+    from . import get_method
+    from .errors import MethodError
+    from .utils import apply_transforms, denormalize
+
+    instances = {}
+    for name in methods:  # construct every method first: bad options fail before any work
+        try:
+            instances[name] = get_method(name)(loaded.model, **options.get(name, {}))
+        except TypeError as exc:
+            raise MethodError(f"bad option for method {name!r}: {exc}") from None
+    stems = output_stems(paths)
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start:start + batch_size])  # read here, batch by batch
+        x = apply_transforms(chunk, size=loaded.size, mean=loaded.mean, std=loaded.std)
+        x = x.to(loaded.device)
+        with torch.no_grad():
+            logits = loaded.model(x)
+        tops = top_k(logits, 5)
+        num_classes = int(logits.shape[1]) if logits.dim() == 2 else 0
+        shown = denormalize(x.cpu(), loaded.mean, loaded.std).clamp(0, 1)
+        results = [
+            ImageResult(paths[start + i], stems[start + i], shown[i], tops[i], num_classes)
+            for i in range(len(chunk))
+        ]
+        for result in results:
+            if on_image is not None:
+                on_image(result)
+        if start == 0:  # warm-up (lazy initialisation, kernel selection): keeps timings fair
+            get_method("gradient")(loaded.model)(x, target=target)
+        for name, method in instances.items():
+            _sync(loaded.device)
+            t0 = time.perf_counter()
+            res = method(x, target=target)
+            _sync(loaded.device)
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            res = res.cpu()
+            layer = getattr(method, "layer_name", None) if method.needs_layer else None
+            for i, result in enumerate(results):
+                tgt = None if res.targets is None else int(res.targets[i])
+                result.maps.append(MapResult(name, res.maps[i].float(), tgt, seconds, layer))
+            progress.update(len(chunk))
+        yield from results
+
+
+def _format_top(result: ImageResult) -> str:
+    lines = [f"{result.path}"]
+    for rank, (index, label, prob) in enumerate(result.top, 1):
+        lines.append(f"  {rank}. {label:<32} {index:>5}  {prob * 100:6.2f}%")
+    return "\n".join(lines)
+
+
+def _npy_bytes(array: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    return buffer.getvalue()
+
+
+_METHOD_OPTION = click.option(
+    "--method", "methods", multiple=True, metavar="NAME|all",
+    help="Method(s) to run: repeat or comma-separate; 'all' runs every registered method "
+    "(see 'flashtorch methods').",
+)
+_TARGET_OPTION = click.option(
+    "-t", "--target", metavar="CLASS|INDEX",
+    help="Class to explain: an index or an ImageNet class name (default: each image's top "
+    "class).",
+)
+_LAYER_OPTION = click.option(
+    "--layer", metavar="L",
+    help="Layer for the CAM methods (dotted name, see 'flashtorch layers'); default: the last "
+    "convolutional feature map.",
+)
+_SIZE_OPTION = click.option(
+    "--size", type=click.IntRange(8, 4096), metavar="PX",
+    help="Input side in pixels (default: the model's, 224).",
+)
+_OPT_OPTION = click.option(
+    "--opt", "opts", multiple=True, metavar="KEY=VALUE",
+    help="Method option, e.g. --opt n_samples=8 (repeatable; given to each selected method "
+    "that takes it).",
+)
+_BATCH_OPTION = click.option(
+    "--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
+    help="Images per forward/backward pass.",
+)
+
+
+def _prepare(
+    images: Sequence[str], methods: Sequence[str], target: str | None, layer: str | None,
+    opts: Sequence[str], device: str, default_methods: Sequence[str] = ("guided",),
+) -> tuple[list[str], int | str | None, dict[str, dict[str, Any]], Any, list[Any]]:
+    """Validate everything that needs no model: methods, target, options, device, images."""
+    names = parse_methods(methods, default_methods)
+    tgt = parse_target(target)
+    options = method_options(names, parse_options(opts), layer)
+    dev = resolve_device(device)
+    return names, tgt, options, dev, check_images(images)
+
+
+def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
+    if layer is not None:
+        from ._surgery import find_layer
+
+        find_layer(loaded.model, layer)
+
+
+# --------------------------------------------------------------------------------------------
+# explain
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Maps of IMAGE... as PNG/NPY files, and the top-5 classes.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@_model_options
+@_METHOD_OPTION
+@_TARGET_OPTION
+@_LAYER_OPTION
+@click.option("-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <image>_<method>.png/.npy (created if needed).")
+@click.option("--format", "fmt", type=click.Choice(["png", "npy", "both"]), default="png",
+              show_default=True, help="Overlay PNG, raw map NPY, or both.")
+@_SIZE_OPTION
+@click.option("--cmap", default="jet", show_default=True, help="Colour map of the overlays.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.75, show_default=True,
+              help="Opacity of the map where it is highest.")
+@_OPT_OPTION
+@_BATCH_OPTION
+@_common_options
+@click.pass_context
+def explain(
+    ctx: click.Context, images: tuple[str, ...], model_spec: str, device: str,
+    trust_pickle: bool, methods: tuple[str, ...], target: str | None, layer: str | None,
+    out_dir: Path, fmt: str, size: int | None, cmap: str, alpha: float, opts: tuple[str, ...],
+    batch_size: int,
+) -> None:
+    """Explain the model's decision on IMAGE... with one or more methods.
+
+    Prints each image's top-5 classes and writes OUT/<image>_<method>.png (the map over the
+    image the model saw, at its input resolution) and/or .npy (the raw (C, H, W) float32 map).
+    """
+    from matplotlib import colormaps
+
+    from .plot._common import atomic_write_bytes
+    from .report import encode_png, overlay_rgb
+
+    if cmap not in colormaps:
+        _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
+    names, tgt, options, dev, paths = _prepare(images, methods, target, layer, opts, device)
+    check_output_dir(out_dir)
+    loaded = load_cli_model(model_spec, dev, size, trust_pickle)
+    _check_layer(loaded, layer)
+
+    written = 0
+    total = len(paths) * len(names)
+    with _progress(ctx, total, "map", "explain") as bar:
+        for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
+                                  on_image=lambda r: _echo(_format_top(r))):
+            for item in result.maps:
+                base = out_dir / f"{result.stem}_{item.method}"
+                if fmt in ("png", "both"):
+                    png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
+                    atomic_write_bytes(base.with_suffix(".png"), png)
+                    written += 1
+                if fmt in ("npy", "both"):
+                    atomic_write_bytes(base.with_suffix(".npy"), _npy_bytes(item.maps.numpy()))
+                    written += 1
+    _info(ctx, f"wrote {written} file(s) to {out_dir}")
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="One self-contained HTML report of IMAGE...")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("-o", "--output", "output", required=True, metavar="FILE.html",
+              type=click.Path(dir_okay=True, path_type=Path),
+              help="The HTML file to write (one self-contained file).")
+@_model_options
+@click.option("--methods", "--method", "methods", multiple=True, metavar="NAME,...|all",
+              help="Methods to show side by side (default: gradient, guided, smoothgrad, "
+              "integrated_gradients, gradcam when registered).")
+@_TARGET_OPTION
+@_LAYER_OPTION
+@_SIZE_OPTION
+@click.option("--title", default="flashtorch report", show_default=True, help="Page title.")
+@click.option("--cmap", default="jet", show_default=True, help="Colour map of the overlays.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.75, show_default=True,
+              help="Opacity of the map where it is highest.")
+@_OPT_OPTION
+@_BATCH_OPTION
+@_common_options
+@click.pass_context
+def report(
+    ctx: click.Context, images: tuple[str, ...], output: Path, model_spec: str, device: str,
+    trust_pickle: bool, methods: tuple[str, ...], target: str | None, layer: str | None,
+    size: int | None, title: str, cmap: str, alpha: float, opts: tuple[str, ...],
+    batch_size: int,
+) -> None:
+    """Write ONE self-contained HTML report for IMAGE...: inputs, top-5, maps, timings.
+
+    Images are embedded as data URIs; the page loads nothing from the network.
+    """
+    from matplotlib import colormaps
+
+    from . import available_methods
+    from .report import (
+        ImageEntry,
+        MapPanel,
+        Prediction,
+        build_report,
+        encode_png,
+        image_rgb,
+        overlay_rgb,
+        write_report,
+    )
+
+    if cmap not in colormaps:
+        _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
+    register_methods()
+    defaults = [m for m in REPORT_DEFAULT_METHODS if m in available_methods()] or ["guided"]
+    names, tgt, options, dev, paths = _prepare(
+        images, methods, target, layer, opts, device, default_methods=defaults
+    )
+    check_output_file(output)
+    loaded = load_cli_model(model_spec, dev, size, trust_pickle)
+    _check_layer(loaded, layer)
+
+    entries = []
+    total = len(paths) * len(names)
+    with _progress(ctx, total, "map", "report") as bar:
+        for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar):
+            panels = []
+            for item in result.maps:
+                label = ""
+                if item.target is not None:
+                    label = f"{_class_label(item.target, result.num_classes)} ({item.target})"
+                note = f"layer {item.layer}" if item.layer else ""
+                png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
+                panels.append(MapPanel(item.method, png, item.seconds, label, note))
+            entries.append(ImageEntry(
+                Path(result.path).name,
+                encode_png(image_rgb(result.image)),
+                [Prediction(i, label, p) for i, label, p in result.top],
+                panels,
+            ))
+    details = {
+        "model": model_spec,
+        "device": str(dev),
+        "input size": f"{loaded.size} x {loaded.size}",
+        "methods": ", ".join(names),
+        "target": "top class" if tgt is None else str(tgt),
+    }
+    html = build_report(
+        entries, command=_command_line(ctx), title=title, details=details, cmap=cmap,
+        timing_note=f"Wall-clock seconds per image on {dev}, batches of up to {batch_size}, "
+        "after one warm-up pass.",
+    )
+    write_report(output, html)
+    _info(ctx, f"wrote {output} ({len(html) / 1e6:.1f} MB)")
+
+
+# --------------------------------------------------------------------------------------------
+# classes, layers, methods
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="ImageNet classes matching QUERY, with indices.")
+@click.argument("query", nargs=-1, required=True)
+@_common_options
+def classes(query: tuple[str, ...]) -> None:
+    """List the ImageNet classes whose name contains QUERY, with their indices."""
+    from .utils import ImageNetIndex
+
+    text = " ".join(query)
+    index = ImageNetIndex()
+    if re.fullmatch(r"\d+", text.strip()):
+        click.echo(f"{int(text):>4}  {index[int(text)]}")
+        return
+    found = index.search(text)
+    if not found:
+        index[text]  # raises ClassNameError with the closest names
+    for i, name in found:
+        click.echo(f"{i:>4}  {name}")
+
+
+@cli.command(short_help="The model's layers (name, type, output shape).")
+@_model_options
+@_SIZE_OPTION
+@_common_options
+def layers(model_spec: str, device: str, trust_pickle: bool, size: int | None) -> None:
+    """List the model's layers (dotted name, type, output shape), usable as --layer."""
+    from .models import list_layers
+
+    loaded = load_cli_model(model_spec, resolve_device(device), size, trust_pickle)
+    rows = list_layers(loaded.model, (1, 3, loaded.size, loaded.size))
+    width = max((len(n) for n, _, _ in rows), default=4)
+    twidth = max((len(t) for _, t, _ in rows), default=4)
+    click.echo(f"{'layer':<{width}}  {'type':<{twidth}}  output shape")
+    for name, kind, shape in rows:
+        shown = "x".join(str(s) for s in shape) if shape else "-"
+        click.echo(f"{name:<{width}}  {kind:<{twidth}}  {shown}")
+
+
+@cli.command(short_help="The registered attribution methods.")
+@_common_options
+def methods() -> None:
+    """List the registered attribution methods (the choices of --method)."""
+    from . import METHODS
+
+    register_methods()
+    width = max((len(n) for n in METHODS), default=6)
+    for name, cls in METHODS.items():
+        doc = (inspect.getdoc(cls) or "").splitlines()
+        summary = doc[0] if doc else ""
+        flag = " [layer]" if getattr(cls, "needs_layer", False) else ""
+        click.echo(f"{name:<{width}}  {summary}{flag}")
+
+
+# --------------------------------------------------------------------------------------------
+# activmax and dream
+# --------------------------------------------------------------------------------------------
+
+
+def _activmax() -> Any:
+    """The render engine, or a one-line error when this build lacks it."""
+    try:
+        from . import activmax
+    except ImportError as exc:
+        raise click.ClickException(
+            f"feature visualisation is not available in this build of flashtorch ({exc})"
+        ) from None
+    if not hasattr(activmax, "render"):
+        raise click.ClickException(
+            "feature visualisation is not available in this build of flashtorch "
+            "(flashtorch.activmax.render is missing)"
+        )
+    return activmax
+
+
+def _engine_progress(ctx: click.Context, steps: int) -> bool:
+    """The render engine's own bar: on a terminal, past a few steps, unless --quiet."""
+    return not _quiet(ctx) and steps > PROGRESS_THRESHOLD and sys.stderr.isatty()
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.+-]+", "_", text) or "layer"
+
+
+_STEPS_HELP = "Optimisation steps."
+
+
+@cli.command(short_help="Feature visualisation of a layer's channels.")
+@click.option("--layer", required=True, metavar="L",
+              help="Layer whose channels to render (dotted name, see 'flashtorch layers').")
+@click.option("--channels", default="0-7", show_default=True, metavar="SPEC",
+              help="Channels: 0-7, 3, or 1,4,9 (rendered together in one batch).")
+@_model_options
+@click.option("--steps", type=click.IntRange(1, 100_000), default=256, show_default=True,
+              help=_STEPS_HELP)
+@click.option("--size", type=click.IntRange(16, 2048), default=128, show_default=True,
+              metavar="PX", help="Side of the rendered images.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, show_default=True,
+              help="Adam's learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <layer>_ch<C>.png and <layer>_grid.png.")
+@_common_options
+@click.pass_context
+def activmax(
+    ctx: click.Context, layer: str, channels: str, model_spec: str, device: str,
+    trust_pickle: bool, steps: int, size: int, lr: float, seed: int, out_dir: Path,
+) -> None:
+    """Render images that maximally activate channels of a layer (feature visualisation).
+
+    Fourier-parametrised, colour-decorrelated images optimised through random
+    pad/jitter/scale/rotate (Olah et al. 2017); one PNG per channel and a grid.
+    """
+    engine = _activmax()
+    from .plot.activmax import save_images
+
+    picked = parse_channels(channels)
+    dev = resolve_device(device)
+    check_output_dir(out_dir)
+    loaded = load_cli_model(model_spec, dev, size, trust_pickle)
+    _check_layer(loaded, layer)
+    _check_channel_range(loaded, layer, picked)
+    result = engine.render(
+        loaded.model, engine.channel(layer, picked), param=size, steps=steps, seed=seed,
+        lr=lr, progress=_engine_progress(ctx, steps),
+        normalize=(loaded.mean, loaded.std),
+    )
+    images = result.images.detach().cpu()
+    stem = _safe_name(layer)
+    for i, c in enumerate(picked):
+        save_images(images[i : i + 1], out_dir / f"{stem}_ch{c}.png")
+    if len(picked) > 1:
+        save_images(images, out_dir / f"{stem}_grid.png")
+    final = result.history[-1].tolist() if len(result.history) else []
+    for c, value in zip(picked, final):
+        _echo(f"{layer} channel {c}: objective {value:.4g}")
+    _info(ctx, f"wrote {len(picked) + (len(picked) > 1)} file(s) to {out_dir}")
+
+
+def _check_channel_range(loaded: LoadedModel, layer: str, picked: Sequence[int]) -> None:
+    """Fail early (usage error) on a channel the layer does not have."""
+    import torch
+
+    from ._surgery import LayerRecorder, preserved_state
+
+    x = torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device)
+    with preserved_state(loaded.model), torch.no_grad(), \
+            LayerRecorder(loaded.model, layer) as recorder:
+        loaded.model(x)
+        output = recorder.output
+    n = int(output.shape[1]) if output.dim() >= 2 else 1
+    bad = [c for c in picked if c >= n]
+    if bad:
+        _usage(f"channel {bad[0]} is out of range: layer {layer!r} has {n} channels "
+               f"(0..{n - 1})")
+
+
+@cli.command(short_help="DeepDream on a photo.")
+@click.argument("image", metavar="IMAGE")
+@click.option("--layer", required=True, metavar="L",
+              help="Layer to amplify (dotted name, see 'flashtorch layers').")
+@click.option("--channel", type=click.IntRange(0), metavar="C",
+              help="Amplify one channel of the layer (default: the whole layer).")
+@_model_options
+@click.option("--steps", type=click.IntRange(1, 100_000), default=10, show_default=True,
+              help="Gradient steps per octave.")
+@click.option("--octaves", type=click.IntRange(1, 12), default=4, show_default=True,
+              help="Number of scales.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True,
+              help="Step size in [0, 1] RGB units.")
+@click.option("--size", type=click.IntRange(16, 4096), metavar="PX",
+              help="Resize the photo's shorter side first (default: keep its size).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <image>_dream.png.")
+@_common_options
+@click.pass_context
+def dream(
+    ctx: click.Context, image: str, layer: str, channel: int | None, model_spec: str,
+    device: str, trust_pickle: bool, steps: int, octaves: int, lr: float, size: int | None,
+    seed: int, out_dir: Path,
+) -> None:
+    """DeepDream on IMAGE: amplify what a layer (or one channel) sees, over octaves."""
+    engine = _activmax()
+    from .plot.activmax import save_images
+    from .utils import load_image
+
+    picture = load_image(check_images([image])[0])
+    dev = resolve_device(device)
+    check_output_dir(out_dir)
+    loaded = load_cli_model(model_spec, dev, None, trust_pickle)
+    _check_layer(loaded, layer)
+    if channel is not None:
+        _check_channel_range(loaded, layer, [channel])
+    if size is not None:
+        w, h = picture.size
+        scale = size / min(w, h)
+        picture = picture.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+    objective = layer if channel is None else engine.channel(layer, channel)
+    result = engine.deepdream(
+        loaded.model, picture, objective, octaves=octaves, steps=steps, lr=lr, seed=seed,
+        normalize=(loaded.mean, loaded.std),
+        progress=_engine_progress(ctx, steps * octaves),
+    )
+    suffix = "" if channel is None else f"_ch{channel}"
+    path = out_dir / f"{output_stems([image])[0]}_dream{suffix}.png"
+    save_images(result.image.detach().cpu(), path)
+    _info(ctx, f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
