@@ -16,7 +16,11 @@ from __future__ import annotations
 
 __version__ = "1.0.0"
 
-from . import cam, saliency  # noqa: E402,F401  (importing them registers their methods)
+# Importing the method packages registers their methods (gradient family first, then CAMs).
+from . import saliency  # noqa: E402,F401
+
+# isort: split
+from . import cam  # noqa: E402,F401
 from .api import attribute  # noqa: E402
 from .attribution import (  # noqa: E402
     METHODS,
