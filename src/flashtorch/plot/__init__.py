@@ -6,13 +6,16 @@ atomically; nothing opens a window, so everything works headless.
 
 from ._common import save_figure
 from .attribution import attribution_grid, compare_images, compare_methods, display_maps
+from .compare import compare_models, model_maps
 from .saliency import overlay, visualize
 
 __all__ = [
     "attribution_grid",
     "compare_images",
     "compare_methods",
+    "compare_models",
     "display_maps",
+    "model_maps",
     "overlay",
     "save_figure",
     "visualize",
