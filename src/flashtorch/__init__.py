@@ -20,7 +20,7 @@ __version__ = "1.0.0"
 from . import saliency  # noqa: E402,F401
 
 # isort: split
-from . import cam  # noqa: E402,F401
+from . import activmax, cam, metrics  # noqa: E402,F401
 from .api import attribute  # noqa: E402
 from .attribution import (  # noqa: E402
     METHODS,
@@ -33,6 +33,10 @@ from .attribution import (  # noqa: E402
 from .saliency import Backprop  # noqa: E402
 
 __all__ = [
+    "activmax",
+    "cam",
+    "metrics",
+    "saliency",
     "METHODS",
     "Attribution",
     "AttributionMethod",

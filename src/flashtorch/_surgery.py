@@ -56,6 +56,31 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
+def on_gpu(model: nn.Module, use_gpu: bool) -> Iterator[None]:
+    """Move a CPU model to CUDA for one call if asked (and possible), and back in ``finally``.
+
+    The talk's ``use_gpu=True``: the user's model ends where it started. Without CUDA a warning
+    says the call runs on the CPU.
+    """
+    if not use_gpu or model_device(model).type != "cpu":
+        yield
+        return
+    if not torch.cuda.is_available():
+        warnings.warn(
+            "use_gpu=True but CUDA is not available; computing on the CPU",
+            UserWarning,
+            stacklevel=4,
+        )
+        yield
+        return
+    model.to("cuda")
+    try:
+        yield
+    finally:
+        model.to("cpu")
+
+
+@contextlib.contextmanager
 def preserved_state(
     model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
 ) -> Iterator[nn.Module]:
@@ -359,5 +384,6 @@ __all__ = [
     "find_layer",
     "hook_count",
     "model_device",
+    "on_gpu",
     "preserved_state",
 ]

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 
-import torch
 from torch import Tensor, nn
 
-from .._surgery import model_device
+from .._surgery import model_device, on_gpu
 from .._targets import Target
 from ..attribution import AttributionMethod
 from .gradient import Gradient, GuidedBackprop
-
-
-@contextlib.contextmanager
-def _on_gpu(model: nn.Module, use_gpu: bool) -> Iterator[None]:
-    """Move a CPU model to CUDA for one call if asked (and possible), and back in ``finally``."""
-    if not use_gpu or model_device(model).type != "cpu":
-        yield
-        return
-    if not torch.cuda.is_available():
-        warnings.warn("use_gpu=True but CUDA is not available; computing on the CPU",
-                      UserWarning, stacklevel=4)
-        yield
-        return
-    model.to("cuda")
-    try:
-        yield
-    finally:
-        model.to("cpu")
 
 
 class Backprop:
@@ -78,7 +57,7 @@ class Backprop:
             ``(B, C, H, W)`` / ``(B, 1, H, W)`` for a batch of ``B > 1``.
         """
         method: AttributionMethod = GuidedBackprop(self.model) if guided else Gradient(self.model)
-        with _on_gpu(self.model, use_gpu):
+        with on_gpu(self.model, use_gpu):
             x = input_.to(model_device(self.model)) if isinstance(input_, Tensor) else input_
             result = method(x, target_class)
         if target_class is not None and result.targets is not None:
