@@ -108,3 +108,19 @@ def test_fast_refused_where_unsupported(tiny_cnn):
         with pytest.raises(MethodError, match="fast"):
             attribute(tiny_cnn, torch.randn(1, 3, 8, 8), method=name, fast=True)
     assert all(METHODS[n].supports_fast for n in ("gradient", "guided"))
+
+
+@pytest.mark.parametrize("method,options", [
+    ("smoothgrad", {"n_samples": 3}), ("integrated_gradients", {"steps": 4}),
+    ("occlusion", {"window": 16, "stride": 16}), ("vargrad", {"n_samples": 3}),
+])
+def test_fast_works_for_sampling_methods(method, options):
+    model = _randomise_bn(_models()["resnet18"])
+    model.train()  # fast must not run the user's model (BN statistics would move)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    exact = attribute(model, x, target=[3, 7], method=method, **options).maps
+    fast = attribute(model, x, target=[3, 7], method=method, fast=True, **options).maps
+    assert F.cosine_similarity(exact.flatten(), fast.flatten(), dim=0) > 0.999
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.training

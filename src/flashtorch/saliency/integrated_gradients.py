@@ -136,6 +136,9 @@ class IntegratedGradients(AttributionMethod):
         blur_sigma: Gaussian standard deviation in pixels for ``baseline="blur"``.
         seed: seed (or :class:`torch.Generator`) of the ``"uniform"`` baseline's draws.
         eval_mode: run the model in eval mode during the call (restored afterwards).
+        fast: run on the BatchNorm-folded copy of the model (see
+            :class:`~flashtorch.attribution.AttributionMethod`).
+        amp: run under ``torch.autocast``.
 
     Returns (via ``__call__``):
         an :class:`~flashtorch.attribution.Attribution` with ``maps`` ``(B, C, H, W)`` and
@@ -164,8 +167,10 @@ class IntegratedGradients(AttributionMethod):
         blur_sigma: float = 10.0,
         seed: int | torch.Generator | None = 0,
         eval_mode: bool = True,
+        fast: bool = False,
+        amp: bool = False,
     ) -> None:
-        super().__init__(model, eval_mode=eval_mode)
+        super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
         self.alphas, self.weights = quadrature(rule, steps)
         self.rule = _ALIASES.get(rule, rule)
         self.steps = steps

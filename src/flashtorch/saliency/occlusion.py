@@ -89,6 +89,9 @@ class Occlusion(AttributionMethod):
         internal_batch_size: rows per forward pass (default: the batch size, at least 32).
         blur_sigma: Gaussian standard deviation in pixels for ``fill="blur"``.
         eval_mode: run the model in eval mode during the call (restored afterwards).
+        fast: run on the BatchNorm-folded copy of the model (see
+            :class:`~flashtorch.attribution.AttributionMethod`).
+        amp: run under ``torch.autocast``.
 
     Example:
         >>> occ = Occlusion(model, window=32, stride=16)
@@ -108,8 +111,10 @@ class Occlusion(AttributionMethod):
         internal_batch_size: int | None = None,
         blur_sigma: float = 10.0,
         eval_mode: bool = True,
+        fast: bool = False,
+        amp: bool = False,
     ) -> None:
-        super().__init__(model, eval_mode=eval_mode)
+        super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
         self.window = _pair(window, "window")
         if stride is None:
             self.stride = (max(1, self.window[0] // 2), max(1, self.window[1] // 2))

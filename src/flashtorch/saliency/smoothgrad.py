@@ -139,6 +139,9 @@ class SmoothGrad(AttributionMethod):
             ``base_options`` sets it.
         base_options: keyword options for the base method (e.g. ``{"steps": 16}`` for IG).
         eval_mode: run the model in eval mode during the call (restored afterwards).
+        fast: run on the BatchNorm-folded copy of the model (see
+            :class:`~flashtorch.attribution.AttributionMethod`).
+        amp: run under ``torch.autocast``.
 
     Example:
         >>> sg = SmoothGrad(model, base="guided", n_samples=50, noise=0.15, seed=0)
@@ -162,8 +165,10 @@ class SmoothGrad(AttributionMethod):
         internal_batch_size: int | None = None,
         base_options: dict[str, Any] | None = None,
         eval_mode: bool = True,
+        fast: bool = False,
+        amp: bool = False,
     ) -> None:
-        super().__init__(model, eval_mode=eval_mode)
+        super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
         self.n_samples = check_option_int(n_samples, "n_samples")
         self.noise = check_option_float(noise, "noise (sigma as a fraction of the input range)")
         if variant is None:
@@ -196,6 +201,14 @@ class SmoothGrad(AttributionMethod):
 
     def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
         """Run the base method on the noisy copies in internal batches and combine them."""
+        user_model = self.base.model
+        self.base.model = self.model  # the network of this call (a fast=True copy, say)
+        try:
+            return self._smooth(inputs, target)
+        finally:
+            self.base.model = user_model
+
+    def _smooth(self, inputs: Tensor, target: Target) -> MethodOutput:
         x = inputs
         batch = x.shape[0]
         size = chunk_size(self.internal_batch_size, batch)
