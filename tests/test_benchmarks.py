@@ -1,0 +1,155 @@
+"""Smoke tests of benchmarks/bench_attribution.py, so the script cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = ROOT / "benchmarks" / "bench_attribution.py"
+    spec = importlib.util.spec_from_file_location("bench_attribution", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_attribution"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_attribution", None)
+
+
+def test_cosine_hand_computed(bench):
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
+    # image 0: cos 45 degrees = 1/sqrt(2); image 1: parallel = 1; the smallest is reported
+    assert bench.cosine(a, b) == pytest.approx(1 / math.sqrt(2))
+    assert bench.cosine(a, -a) == pytest.approx(-1.0)
+
+
+def test_limits_match_direct_autograd(bench):
+    torch.manual_seed(0)
+    model = bench.TinyNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    idx = torch.tensor([1, 3])
+    xx = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(model(xx).gather(1, idx[:, None]).sum(), xx)
+    assert torch.allclose(bench.raw_limit(model, x, idx), want, atol=1e-6)
+    rows = x.repeat(3, 1, 1, 1)
+    got = bench.chunked_raw_limit(model, rows, idx.repeat(3), size=4)
+    assert torch.allclose(got, want.repeat(3, 1, 1, 1), atol=1e-6)
+
+    acts = []
+    h = model.features.register_forward_hook(lambda _m, _i, o: acts.append(o))
+    out = model(x)
+    h.remove()
+    (want_layer,) = torch.autograd.grad(out.gather(1, idx[:, None]).sum(), acts[0])
+    assert torch.allclose(bench.layer_limit(model, "features", x, idx), want_layer, atol=1e-6)
+    assert not model.features._forward_hooks  # the limit's hook is removed
+
+
+def test_rounds_are_interleaved_and_rotated(bench):
+    calls = []
+    cands = [bench.Candidate(n, "limit", "limit", lambda n=n: calls.append(n)) for n in "abc"]
+    case = bench.Case("m", 1, "gradient", 1, cands)
+    timed = bench.time_case(case, rounds=3, warmup=1, device=torch.device("cpu"),
+                            log=lambda _s: None)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(len(v) == 3 for v in timed["times"].values())
+    assert set(timed["medians"]) == {"a", "b", "c"}
+
+
+def test_a_failing_candidate_is_recorded_not_fatal(bench):
+    def boom():
+        raise RuntimeError("no")
+
+    cands = [bench.Candidate("ok", "limit", "limit", lambda: 1),
+             bench.Candidate("bad", "captum", "gradient", boom)]
+    timed = bench.time_case(bench.Case("m", 1, "gradient", 1, cands), 2, 1,
+                            torch.device("cpu"), log=lambda _s: None)
+    assert "RuntimeError" in timed["errors"]["bad"]
+    assert len(timed["times"]["ok"]) == 2
+
+
+def test_missing_legacy_is_reported(bench, tmp_path):
+    cls, why = bench.load_legacy(str(tmp_path))
+    assert cls is None and "not found" in why
+    import flashtorch
+
+    assert flashtorch.__version__.startswith("1.")  # the new package is still the one imported
+
+
+def test_rss_sampler_sees_an_allocation(bench):
+    before = bench.rss_bytes()
+    with bench.RssSampler() as s:
+        t = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        t.add_(1)
+    del t
+    assert s.peak - before > 32 * 2**20
+
+
+def test_quick_run_writes_json_and_markdown(bench, tmp_path):
+    cfg = bench.Config(
+        models=("tiny",), batch_sizes=(1,), floor_batch=0,
+        methods=("gradient", "guided", "smoothgrad", "gradcam"), rounds=1, heavy_rounds=1,
+        n_samples=2, internal_batch_size=2, memory=True, quick=True, out=str(tmp_path),
+        name="smoke",
+    )
+    report = bench.run(cfg, log=lambda _s: None)
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    md = (tmp_path / "smoke.md").read_text()
+    assert data["machine"]["torch_threads"] == torch.get_num_threads()
+    for key in ("cpu", "logical_cores", "torch", "date"):
+        assert data["machine"][key]
+    families = {r["family"] for r in data["results"]}
+    assert families == {"gradient", "smoothgrad", "cam"}
+    ft_rows = [c for r in data["results"] for c in r["candidates"]
+               if c["library"] == "flashtorch" and "error" not in c]
+    assert {c["method"] for c in ft_rows} >= {"gradient", "guided", "smoothgrad", "gradcam"}
+    for c in ft_rows:
+        assert math.isfinite(c["ratio_to_limit"]) and c["ratio_to_limit"] > 0
+        assert math.isfinite(c["ms_per_image"]) and c["ms_per_image"] > 0
+        assert all(math.isfinite(v) and v > 0 for v in c["ratio_to_peers"].values())
+    grad_fast = next(c for c in ft_rows if c["name"] == "flashtorch gradient fast")
+    assert grad_fast["cosine_vs_exact"] > 0.999
+    if importlib.util.find_spec("captum") is not None:
+        exact = next(c for c in ft_rows if c["name"] == "flashtorch gradient exact")
+        peer = "captum Saliency(abs=False)"
+        assert peer in exact["ratio_to_peers"]
+        assert exact["cosine_vs_peers"][peer] > 0.9999  # same computation as the peer
+    mem = data["memory"]["tiny"]
+    assert "error" not in mem, mem.get("error")
+    assert mem["cases"]["tiny/b1/gradient"]["limit"]["peak_mb"] >= 0
+    assert any(s["family"] == "smoothgrad" for s in mem["sweeps"])
+    assert {f["status"] for f in data["floors"]} <= {"PASS", "FAIL", "SKIP"}
+    assert any(f["floor"].startswith("gradient exact <= 1.10x") for f in data["floors"])
+    assert report["floors"] == data["floors"]
+    assert "| candidate |" in md and "## Floors" in md
+
+
+def test_cli_flags_parse(bench):
+    cfg = bench.parse_args(["--quick", "--methods", "gradient", "--rounds", "3",
+                            "--batch-sizes", "4", "--models", "tiny", "--out", "x"])
+    assert cfg.models == ("tiny",) and cfg.batch_sizes == (4,) and cfg.rounds == 3
+    assert cfg.methods == ("gradient",) and cfg.out == "x"
+    cuda = bench.parse_args(["--device", "cuda"])
+    assert cuda.batch_sizes == (1, 32) and cuda.floor_batch == 32
+
+
+def test_user_model_untouched_by_env(bench):
+    spec = bench.build_model("tiny", torch.device("cpu"))
+    state = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    env = bench.Env(spec, bench.Config(peers=False, quick=True), torch.device("cpu"))
+    assert all(p.requires_grad for p in spec.model.parameters())
+    assert not any(p.requires_grad for p in env.frozen.parameters())
+    assert env.n_folded == 2
+    assert any(isinstance(m, nn.BatchNorm2d) for m in spec.model.modules())
+    for k, v in spec.model.state_dict().items():
+        assert torch.equal(v, state[k])
