@@ -89,3 +89,19 @@ class CleanupNet(nn.Module):
         if self.armed:
             raise RuntimeError("boom: a module that raises")
         return self.head(self.drop(x.mean((2, 3))))
+
+
+class BatchSpy:
+    """Records the batch size of every forward call of a model (a forward pre-hook)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.sizes: list[int] = []
+        self.handle = model.register_forward_pre_hook(
+            lambda _m, args: self.sizes.append(int(args[0].shape[0]))
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()

@@ -11,21 +11,7 @@ from flashtorch.errors import InputError, MethodError
 from flashtorch.saliency import Occlusion
 from flashtorch.saliency.occlusion import window_starts
 
-
-class BatchSpy:
-    """Records the batch size of every forward call of a model (a forward pre-hook)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.sizes: list[int] = []
-        self.handle = model.register_forward_pre_hook(
-            lambda _m, args: self.sizes.append(int(args[0].shape[0]))
-        )
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
+from .conftest import BatchSpy
 
 
 class Net(nn.Module):

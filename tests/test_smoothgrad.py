@@ -18,6 +18,8 @@ from flashtorch.saliency import (
     VarGrad,
 )
 
+from .conftest import BatchSpy
+
 
 class Net(nn.Module):
     """conv-ReLU-conv-ReLU-pool-linear with separate ReLUs (guided != plain gradient)."""
@@ -32,22 +34,6 @@ class Net(nn.Module):
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 4)
         return self.fc(x.flatten(1))
-
-
-class BatchSpy:
-    """Records the batch size of every forward call of a model (a forward pre-hook)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.sizes: list[int] = []
-        self.handle = model.register_forward_pre_hook(
-            lambda _m, args: self.sizes.append(int(args[0].shape[0]))
-        )
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 @pytest.fixture
