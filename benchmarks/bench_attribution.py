@@ -1157,7 +1157,9 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
 
     def noise_of(r: dict[str, Any], *names: str) -> float:
         cands = {c["name"]: c for c in r["candidates"]}
-        parts = [cands[n].get("noise", float("nan")) for n in names if n in cands]
+        parts = [cands[n]["noise"] if "noise" in cands[n]
+                 else rel_noise([t / 1e3 for t in cands[n].get("runs_ms", [])])
+                 for n in names if n in cands]
         parts = [p for p in parts if isinstance(p, float) and math.isfinite(p)]
         return math.sqrt(sum(p * p for p in parts)) if parts else float("nan")
 
@@ -1294,7 +1296,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- torch {m['torch']}, torchvision {m.get('torchvision', '-')}, captum "
         f"{m.get('captum', '-')}, grad-cam {m.get('pytorch_grad_cam', '-')}, flashtorch "
         f"{m.get('flashtorch', '-')}; Python {m['python']}",
-        f"- load average at start / end: {m.get('loadavg_start')} / {m.get('loadavg_end')}"
+        f"- load average at start / end: {m.get('loadavg_start')} / {m.get('loadavg_end')}; "
+        f"largest 1-min load seen: {m.get('loadavg_1min_max', '-')}"
         + ("  **(taken under load: timings are noisy)**" if report.get("under_load") else ""),
         f"- clock: {report['config']['clock']} ("
         + ("time.perf_counter" if report["config"]["clock"] == "wall" else
@@ -1313,8 +1316,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         mcases = mem.get(r["model"], {}).get("cases", {}).get(r["key"], {})
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        load = r.get("loadavg_1min")
         lines += [f"## {r['model']}, batch {r['batch']}, {r['family']}"
                   + (f" ({settings})" if settings else ""), ""]
+        if load:
+            lines += [f"1-min load average before / after: {load[0]} / {load[1]}", ""]
         lines.append("| candidate | ms / image | x limit | vs peers (ratio, cos) | "
                      "fast/amp: speed-up, cos vs exact | peak MB | note |")
         lines.append("|---|---:|---:|---|---|---:|---|")
@@ -1381,6 +1387,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(cfg, device), "config": dict(cfg.__dict__),
                               "results": [], "memory": {}, "notes": []}
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    loads_seen: list[float] = []
     for model_name in cfg.models:
         spec = build_model(model_name, device)
         env = Env(spec, cfg, device)
@@ -1392,8 +1399,12 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             rounds = cfg.heavy_rounds if case.family in HEAVY else cfg.rounds
             t0 = time.perf_counter()
             log(f"  {case.key}: {len(case.candidates)} candidates x {rounds} rounds")
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             timed = time_case(case, rounds, cfg.warmup, device, log, cfg.clock)
             summary = summarise(case, timed)
+            summary["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)
+                                       if hasattr(os, "getloadavg") else None]
+            loads_seen.extend(x for x in summary["loadavg_1min"] if x is not None)
             report["results"].append(summary)
             for c in summary["candidates"]:
                 if "ms_per_image" in c:
@@ -1412,7 +1423,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         report["machine"]["loadavg_end"] = os.getloadavg()
     cores = os.cpu_count() or 1
     loads = [report["machine"].get("loadavg_start", (0,))[0],
-             report["machine"].get("loadavg_end", (0,))[0]]
+             report["machine"].get("loadavg_end", (0,))[0], *loads_seen]
+    report["machine"]["loadavg_1min_max"] = max(loads)
     report["under_load"] = device.type == "cpu" and max(loads) > 0.75 * cores + 0.5
     report["floors"] = check_floors(report["results"], report["memory"], cfg)
     out = Path(cfg.out)
