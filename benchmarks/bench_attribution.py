@@ -314,6 +314,9 @@ class Candidate:
     limit: str | None = None  # the limit candidate its ratio is taken against
     prepare: Callable[[], None] | None = None  # untimed, before every call
     note: str = ""
+    #: the peers doing the same work, which the "no slower than" floors use (None: every peer
+    #: of the method in the case). The table still shows the ratio to every peer.
+    floor_peers: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -425,8 +428,15 @@ class Env:
 
 
 def _flashtorch_rows(env: Env, case: Case, name: str, x: Tensor, target: Any,
-                     limit: str, fast_limit: str | None, **options: Any) -> None:
-    """Exact, fast (and amp) candidates of one flashtorch method, or notes saying why not."""
+                     limit: str, fast_limit: str | None, *,
+                     extra_modes: tuple[tuple[str, dict[str, Any]], ...] = (),
+                     floor_peers: dict[str, tuple[str, ...]] | None = None,
+                     **options: Any) -> None:
+    """Exact, fast (and amp) candidates of one flashtorch method, or notes saying why not.
+
+    ``extra_modes`` adds ``(mode, options)`` pairs, each run exact and fast (``"<mode>"`` and
+    ``"fast <mode>"``); ``floor_peers`` maps a mode to the peers doing the same work.
+    """
     import flashtorch
 
     cls = flashtorch.METHODS.get(name)
@@ -435,6 +445,9 @@ def _flashtorch_rows(env: Env, case: Case, name: str, x: Tensor, target: Any,
         return
     modes: list[tuple[str, dict[str, Any], str]] = [("exact", {}, limit)]
     modes.append(("fast", {"fast": True}, fast_limit or limit))
+    for mode, opts in extra_modes:
+        modes.append((mode, dict(opts), limit))
+        modes.append((f"fast {mode}", {"fast": True, **opts}, fast_limit or limit))
     if env.cfg.amp and name == "gradient":
         modes.append(("amp", {"amp": True}, limit))
         modes.append(("fast+amp", {"fast": True, "amp": True}, fast_limit or limit))
@@ -443,8 +456,10 @@ def _flashtorch_rows(env: Env, case: Case, name: str, x: Tensor, target: Any,
         if method is None:
             case.notes.append(f"flashtorch {name} {mode}: not available ({why})")
             continue
+        base_mode = mode.removeprefix("fast").strip() or "exact"
         case.candidates.append(Candidate(
-            f"flashtorch {name} {mode}", "flashtorch", name, _ft(method, x, target), mode, lim))
+            f"flashtorch {name} {mode}", "flashtorch", name, _ft(method, x, target), mode, lim,
+            floor_peers=(floor_peers or {}).get(base_mode)))
 
 
 def build_gradient_case(env: Env, batch: int, methods: tuple[str, ...],
@@ -520,8 +535,9 @@ def _captum_cam(ca: Any, name: str, model: nn.Module, layer: str, x: Tensor,
 
 
 def _captum_nsample(ca: Any, family: str, model: nn.Module, x: Tensor, idx: Tensor, n: int,
-                    rows: int, stdev: float) -> Callable[[], Any]:
-    """Captum ``NoiseTunnel(Saliency)`` or ``IntegratedGradients``, ``rows`` rows per pass."""
+                    rows: int, stdev: float, delta: bool = False) -> Callable[[], Any]:
+    """Captum ``NoiseTunnel(Saliency)`` or ``IntegratedGradients``, ``rows`` rows per pass
+    (``delta``: IG with ``return_convergence_delta=True``, which also runs ``x`` and ``x'``)."""
     batch = x.shape[0]
     if family == "smoothgrad":
         def run() -> Tensor:
@@ -530,9 +546,10 @@ def _captum_nsample(ca: Any, family: str, model: nn.Module, x: Tensor, idx: Tens
                 stdevs=stdev, target=idx, abs=False)
     else:
         def run() -> Tensor:
-            return ca.IntegratedGradients(model).attribute(
+            out = ca.IntegratedGradients(model).attribute(
                 x, baselines=0.0, target=idx, n_steps=n, method="gausslegendre",
-                internal_batch_size=rows)
+                internal_batch_size=rows, return_convergence_delta=delta)
+            return out[0] if delta else out
     return _silent(run)
 
 
@@ -633,15 +650,31 @@ def build_nsample_case(env: Env, batch: int, family: str) -> Case:
     else:
         opts = {"steps": n, "internal_batch_size": size, "baseline": "zero",
                 "rule": "gausslegendre"}
+    # The default (clean_pass=True) also runs the clean batch (and IG's baselines) once, for
+    # `predicted`, `scores` and IG's completeness delta; clean_pass=False is the same work as
+    # Captum's default call. Each is held to the peer doing the same work.
+    peer = f"captum {CAPTUM_OF[family]}"
+    matched = {"no-clean-pass": (peer,),
+               "exact": (f"{peer}+delta",) if family == "integrated_gradients" else ()}
     _flashtorch_rows(env, case, family, x, idx, "limit expanded",
                      "limit expanded BN-folded channels_last",
-                     **opts)
+                     extra_modes=(("no-clean-pass", {"clean_pass": False}),),
+                     floor_peers=matched, **opts)
     if env.captum is not None:
         sd = float(0.15 * (x.max() - x.min()))
         case.candidates.append(Candidate(
-            f"captum {CAPTUM_OF[family]}", "captum", family,
+            peer, "captum", family,
             _captum_nsample(env.captum, family, model, x, idx, n, size, sd),
             limit="limit expanded"))
+        if family == "integrated_gradients":
+            case.candidates.append(Candidate(
+                f"{peer}+delta", "captum", family,
+                _captum_nsample(env.captum, family, model, x, idx, n, size, sd, delta=True),
+                limit="limit expanded", note="return_convergence_delta=True (runs x and x')"))
+        else:
+            case.notes.append(
+                "SmoothGrad maps of two libraries differ by their noise draws: the cosine "
+                "between them is not an agreement check")
     else:
         case.notes.append(env.captum_note)
     _drop_unused_folded(case)
@@ -899,6 +932,9 @@ def _as_maps(out: Any) -> Tensor | None:
 
 def cosine(a: Tensor, b: Tensor) -> float:
     """Smallest per-image cosine similarity of two map batches (flattened per image)."""
+    if a.dim() == 4 and b.dim() == 4 and a.shape != b.shape and 1 in (a.shape[1], b.shape[1]):
+        # one map per image (occlusion, CAMs) vs one per channel (Captum): channel mean
+        a, b = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
     a = a.reshape(a.shape[0], -1).double()
     b = b.reshape(b.shape[0], -1).double()
     if a.shape != b.shape:
@@ -953,6 +989,8 @@ def summarise(case: Case, timed: dict[str, Any]) -> dict[str, Any]:
                         agree[p.name] = round(cosine(maps[c.name], maps[p.name]), 6)
             row["ratio_to_peers"] = peers
             row["cosine_vs_peers"] = agree
+            row["floor_peers"] = sorted(peers if c.floor_peers is None
+                                        else [p for p in c.floor_peers if p in peers])
             if c.mode != "exact":
                 exact = f"flashtorch {c.method} exact"
                 if exact in med:
@@ -1182,7 +1220,7 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
         for method in limit_floor.get(r["family"], ()):
             if method not in cfg.methods:
                 continue
-            for mode in ("exact", "fast"):
+            for mode in ("exact", "fast", "no-clean-pass", "fast no-clean-pass"):
                 c = cands.get(f"flashtorch {method} {mode}")
                 where = f"{r['model']} b{r['batch']}"
                 if c is None:
@@ -1194,7 +1232,8 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
                 v = c["ratio_to_limit"]
                 add(f"{method} {mode} <= 1.10x {c['limit']} ({where})", v <= 1.10, v, "<= 1.10",
                     band(v, 1.10, noise_of(r, c["name"], c["limit"])))
-                for peer, ratio in c.get("ratio_to_peers", {}).items():
+                for peer in c.get("floor_peers", c.get("ratio_to_peers", {})):
+                    ratio = c["ratio_to_peers"][peer]
                     add(f"{method} {mode} no slower than {peer} ({where})", ratio <= 1.0, ratio,
                         "<= 1.00", band(ratio, 1.0, noise_of(r, c["name"], peer)))
     # fast >= 1.25x faster than Captum, resnet50 CPU batch floor_batch, cosine >= 0.999

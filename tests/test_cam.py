@@ -629,3 +629,66 @@ def test_cuda_matches_cpu(name):
         model.cpu()
     assert gpu.maps.device.type == "cuda"
     assert torch.allclose(gpu.maps.cpu(), cpu, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guided Grad-CAM in one pass when exact
+# ---------------------------------------------------------------------------------------------
+
+
+class ReluAfterLayer(nn.Module):
+    """A functional ReLU between the CAM layer and the score: one pass would not be exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.features(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "case, layer, passes",
+    [
+        ("toy", "features", (1, 1)),  # ends with nn.ReLU, then pool + linear
+        ("resnet18", "layer4", (1, 1)),
+        ("resnet18", "layer3", (1, 2)),  # layer4's ReLUs lie between: two backward passes
+        ("resnet18", "layer4.1.bn2", (2, 2)),  # `out += identity` modifies it in place
+        ("relu_after", "features", (1, 2)),  # F.relu after the layer
+    ],
+)
+def test_guided_gradcam_single_pass_is_exact(case, layer, passes, toy, resnet18):
+    from .conftest import BatchSpy
+
+    torch.manual_seed(0)
+    model = {"toy": toy, "resnet18": resnet18, "relu_after": ReluAfterLayer().eval()}[case]
+    x = images(2, 32 if case == "toy" else 64, seed=5)
+    method = cam.GuidedGradCAM(model, layer)
+    method(x, target=[0, 1])  # the first call learns what the structure allows
+    with BatchSpy(model) as spy:
+        got = method(x, target=[1, 2])
+    assert method.passes == passes
+    assert len(spy.sizes) == passes[0]  # forward passes the model ran
+    reference = cam.GradCAM(model, layer)(x, target=[1, 2]).maps * cam_guided(model, x, [1, 2])
+    torch.testing.assert_close(got.maps, reference, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(got.extras["cam"], cam.GradCAM(model, layer)(x, [1, 2]).maps)
+
+
+def cam_guided(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    return METHODS["guided"](model)(x, target).maps
+
+
+def test_guided_gradcam_default_layer_goes_single_pass_once_known(resnet18):
+    from .conftest import BatchSpy
+
+    _DEFAULT_LAYERS.pop(resnet18, None)
+    x = images(1, 64, seed=6)
+    method = cam.GuidedGradCAM(resnet18)
+    first = method(x, target=3)
+    assert method.passes == (2, 2)  # the layer is found during the Grad-CAM pass
+    with BatchSpy(resnet18) as spy:
+        again = method(x, target=3)
+    assert method.passes == (1, 1) and spy.sizes == [1]
+    torch.testing.assert_close(again.maps, first.maps, rtol=1e-5, atol=1e-9)

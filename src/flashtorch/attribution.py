@@ -42,16 +42,19 @@ class Attribution:
             ``(B, 1, H, W)`` for CAMs and occlusion; on the input's device, detached.
         method: registry name of the method.
         targets: ``(B,)`` class indices explained, or ``None`` for a callable target.
-        predicted: ``(B,)`` the model's top-1 classes on the inputs.
-        scores: ``(B,)`` the explained scores (logits, or the callable's values) on the inputs.
+        predicted: ``(B,)`` the model's top-1 classes on the inputs; ``None`` when the method
+            ran no forward pass of the clean inputs (``clean_pass=False`` of SmoothGrad and
+            Integrated Gradients).
+        scores: ``(B,)`` the explained scores (logits, or the callable's values) on the inputs;
+            ``None`` like ``predicted``.
         extras: method-specific tensors, e.g. ``{"delta": ...}`` for Integrated Gradients.
     """
 
     maps: Tensor
     method: str
     targets: Tensor | None
-    predicted: Tensor
-    scores: Tensor
+    predicted: Tensor | None
+    scores: Tensor | None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -72,8 +75,8 @@ class Attribution:
             self.maps.cpu(),
             self.method,
             None if self.targets is None else self.targets.cpu(),
-            self.predicted.cpu(),
-            self.scores.cpu(),
+            None if self.predicted is None else self.predicted.cpu(),
+            None if self.scores is None else self.scores.cpu(),
             {k: v.cpu() for k, v in self.extras.items()},
         )
 
@@ -100,12 +103,16 @@ def reduce_channels(maps: Tensor, how: str = "max_abs") -> Tensor:
 
 @dataclass
 class MethodOutput:
-    """What a method's :meth:`AttributionMethod.compute` returns (before packaging)."""
+    """What a method's :meth:`AttributionMethod.compute` returns (before packaging).
+
+    ``output`` and ``scores`` are the model's output and the explained scores on the clean
+    inputs, or ``None`` when the method did not run them.
+    """
 
     maps: Tensor
-    output: Tensor
+    output: Tensor | None
     targets: Tensor | None
-    scores: Tensor
+    scores: Tensor | None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -199,15 +206,19 @@ class AttributionMethod(abc.ABC):
             finally:
                 self.model = user_model
         home = inputs.device
-        output = out.output.detach()
+        predicted: Tensor | None = None
+        if out.output is not None:
+            output = out.output.detach()
+            predicted = output.argmax(1) if output.dim() == 2 else output.new_zeros(
+                output.shape[0], dtype=torch.long
+            )
+            predicted = predicted.to(home)
         return Attribution(
             maps=out.maps.detach().float().to(home).contiguous(),
             method=self.name,
             targets=None if out.targets is None else out.targets.to(home),
-            predicted=output.argmax(1).to(home) if output.dim() == 2 else output.new_zeros(
-                output.shape[0], dtype=torch.long
-            ).to(home),
-            scores=out.scores.detach().to(home),
+            predicted=predicted,
+            scores=None if out.scores is None else out.scores.detach().to(home),
             extras={k: v.detach().to(home) for k, v in out.extras.items()},
         )
 

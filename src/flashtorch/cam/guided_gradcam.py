@@ -10,19 +10,38 @@ gives a coarse, class-specific region. Their product is both:
 
 "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization", ICCV 2017,
 arXiv:1610.02391, section 3.2. The guided pass modifies every rectifier the model runs (see
-:mod:`flashtorch.saliency.gradient`). Cost: Grad-CAM plus one guided-backprop pass.
+:mod:`flashtorch.saliency.gradient`).
+
+Cost: **one** forward pass. When no rectifier runs between the layer and the score (ResNet's
+``layer4``, EfficientNet's ``bn2``, most default layers) the guided rule leaves
+:math:`\partial y / \partial A` unchanged, so a single ``torch.autograd.grad(y, [A, x])`` gives
+the plain layer gradient for Grad-CAM and the guided input gradient together: the cost of one
+guided backprop. With rectifiers in between (a ReLU after the layer, as DenseNet's functional
+``F.relu`` after ``features``) the same forward graph serves two backward passes: a plain one
+to the layer (graph retained), then the guided one to the input. Only a layer output modified
+in place after the layer returned (``out += identity`` on a ResNet's ``bn2``) and the first
+call of a default layer (found during a Grad-CAM pass) take Grad-CAM plus a separate guided
+pass, as Captum's ``GuidedGradCam`` always does. The choice is remembered per model, layer and
+input shape; :attr:`GuidedGradCAM.passes` tells what the last call did.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import ClassVar
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
+from .._surgery import LayerRecorder, RectifierRule, rectifiers_between
 from .._targets import Target
 from ..attribution import MethodOutput, register
 from ..saliency.gradient import input_gradients
+from .base import _DEFAULT_LAYERS, _check_map, _memo_key, _resolve_scores
 from .gradcam import GradCAM
+
+#: model (weakly referenced) -> {(layer, call, input shape): whether one forward serves both}.
+_ONE_PASS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 
 
 @register
@@ -39,20 +58,79 @@ class GuidedGradCAM(GradCAM):
     ``interpolate_mode="bilinear"`` (on models whose rectifiers Captum sees); with
     ``normalize=True`` (default) the Grad-CAM factor is scaled to ``[0, 1]`` per image first.
     Options are those of :class:`~flashtorch.cam.base.CAMMethod`. ``extras["cam"]`` holds the
-    upsampled Grad-CAM factor ``(B, 1, H, W)``.
+    upsampled Grad-CAM factor ``(B, 1, H, W)``; :attr:`passes` says how many
+    ``(forward, backward)`` passes the last call took (see the module docstring).
     """
 
     name: ClassVar[str] = "guided_gradcam"
     single_channel: ClassVar[bool] = False
 
+    #: ``(forward, backward)`` passes of the last call: ``(1, 1)``, ``(1, 2)`` or ``(2, 2)``.
+    passes: tuple[int, int] = (0, 0)
+
     def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
-        """Grad-CAM, then guided backprop for the same targets, multiplied."""
+        """One pass when exact (see the module docstring), else Grad-CAM then guided backprop."""
+        layer = self.layer
+        if layer is None:
+            layer = _DEFAULT_LAYERS.get(self.model, {}).get(_memo_key(self.model, inputs))
+        if layer is not None:
+            key = (layer, self.call, tuple(inputs.shape[1:]))
+            known = _ONE_PASS.get(self.model, {}).get(key)
+            if known is not False:
+                out = self._one_pass(inputs, target, layer, key)
+                if out is not None:
+                    return out
+        self.passes = (2, 2)
         cam = super().compute(inputs, target)
         same = cam.targets if cam.targets is not None else target
         guided = input_gradients(self.model, inputs, same, "guided", method=self.name)
         extras = dict(cam.extras)
         extras["cam"] = cam.maps
         return MethodOutput(guided.maps * cam.maps, cam.output, cam.targets, cam.scores, extras)
+
+    def _one_pass(
+        self, inputs: Tensor, target: Target, layer: str, key: tuple
+    ) -> MethodOutput | None:
+        """Both gradients from one forward pass, or ``None`` when that is not possible.
+
+        Not possible: the layer's recorded output is not the one the graph continues from
+        (modified in place), or the score has no gradient (the two-pass path raises).
+        """
+        x = inputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            with LayerRecorder(self.model, layer, self.call) as recorder:
+                output = self.model(x)
+            activation = recorder.output
+            _check_map(recorder.name, activation, inputs.shape[0])
+            scores, indices = _resolve_scores(target, output)
+            usable = (
+                scores.requires_grad
+                and activation.requires_grad
+                and not recorder.modified_in_place
+            )
+            _ONE_PASS.setdefault(self.model, {})[key] = usable
+            if not usable:
+                return None  # the two-pass path also gives the precise error, if any
+            total = scores.sum()
+            rule = RectifierRule("guided")
+            if rectifiers_between(scores, activation) == 0:
+                # dy/dA is the same under the guided rule: one backward for both gradients
+                rule.attach(scores)
+                grad_a, grad_x = torch.autograd.grad(total, [activation, x])
+                self.passes = (1, 1)
+            else:
+                (grad_a,) = torch.autograd.grad(total, activation, retain_graph=True)
+                rule.attach(scores)
+                (grad_x,) = torch.autograd.grad(total, x)
+                self.passes = (1, 2)
+            rule.warn_if_unused(self.name)
+        capture = self._packed(
+            inputs, activation, grad_a, output, scores, indices, recorder.name
+        )
+        coarse, extras = self.cam(capture, target)
+        cam = self.finish(coarse, (inputs.shape[-2], inputs.shape[-1]))
+        extras["cam"] = cam
+        return MethodOutput(grad_x * cam, capture.output, capture.indices, capture.scores, extras)
 
 
 __all__ = ["GuidedGradCAM"]

@@ -180,8 +180,10 @@ def compare_models(
             ax = axes[r][c]
             ax.imshow(to_image(images[r]))
             ax.imshow(heat_rgba(normalize_map(single[r, 0]), cmap=cmap, alpha=alpha))
-            pred = int(result.predicted[r])
-            label = f"pred: {_label(pred, names[name])}"
+            label = (
+                "" if result.predicted is None
+                else f"pred: {_label(int(result.predicted[r]), names[name])}"
+            )
             if gt is not None:
                 ax.contour(gt[r, 0].float().numpy(), levels=[0.5], colors="white", linewidths=1.0)
                 hit = float(pointing_game(single[r : r + 1], gt[r : r + 1]))

@@ -10,7 +10,7 @@ batch, whatever ``N``. Row ``r`` of the expanded stream is sample ``r // B`` of 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._targets import Target, resolve
-from ..errors import InputError, MethodError
+from ..errors import InputError, MethodError, TargetError
 
 #: internal batch used when ``internal_batch_size=None``: the caller's batch, at least this.
 DEFAULT_MIN_CHUNK = 32
@@ -113,6 +113,49 @@ def row_target(target: Target, indices: Tensor | None, rows: Tensor) -> Target:
     return target if indices is None else indices[rows]
 
 
+def needs_clean_pass(target: Target) -> bool:
+    """Whether the target can only be resolved on the clean output (``None``: the prediction)."""
+    return target is None
+
+
+def rows_of_target(target: Target, batch: int, start: int, stop: int) -> Target:
+    """The target of expanded rows ``[start, stop)``, without a forward pass of the clean batch.
+
+    Row ``r`` is image ``r % batch``.
+
+    A callable, one index or one name applies to every row as it is; a sequence or tensor of one
+    target per image is indexed by the rows' images (validated, so a wrong length fails before
+    any forward pass). ``None`` (the predicted class) needs the clean output: use
+    :func:`explained_scores`.
+
+    Raises:
+        TargetError: a sequence or tensor whose length is neither 1 nor ``batch``.
+    """
+    if target is None:  # pragma: no cover - callers check needs_clean_pass first
+        raise ValueError("target=None needs the clean forward pass")
+    if callable(target) and not isinstance(target, Tensor):
+        return target
+    if isinstance(target, Tensor):
+        flat = target.reshape(-1)
+        count = flat.numel()
+    elif isinstance(target, Sequence) and not isinstance(target, str):
+        flat = list(target)
+        count = len(flat)
+    else:  # one index or name (validated by the base method when it resolves it)
+        return target
+    if count == 1:
+        return target
+    if count != batch:
+        raise TargetError(
+            f"got {count} targets for a batch of {batch}; give one target for all samples or "
+            "one per sample"
+        )
+    images = [r % batch for r in range(start, stop)]
+    if isinstance(flat, Tensor):
+        return flat[torch.tensor(images, device=flat.device)]
+    return [flat[i] for i in images]
+
+
 def _reflect_index(size: int, radius: int, device: torch.device) -> Tensor:
     """Indices of a symmetric (half-sample) reflection ``d c b a | a b c d | d c b a``.
 
@@ -181,5 +224,7 @@ __all__ = [
     "make_generator",
     "rand_like",
     "randn_like",
+    "needs_clean_pass",
     "row_target",
+    "rows_of_target",
 ]

@@ -60,7 +60,7 @@ class Backprop:
         with on_gpu(self.model, use_gpu):
             x = input_.to(model_device(self.model)) if isinstance(input_, Tensor) else input_
             result = method(x, target_class)
-        if target_class is not None and result.targets is not None:
+        if target_class is not None and result.targets is not None and result.predicted is not None:
             differs = result.predicted != result.targets
             if bool(differs.any()):
                 which = differs.nonzero().flatten().tolist()

@@ -51,8 +51,10 @@ from ._sampling import (
     explained_scores,
     image_range,
     make_generator,
+    needs_clean_pass,
     randn_like,
     row_target,
+    rows_of_target,
 )
 
 VARIANTS = ("mean", "squared", "vargrad")
@@ -120,7 +122,7 @@ class SmoothGrad(AttributionMethod):
     Cost: ``n_samples`` forward + input-only backward passes per image, run over the expanded
     batch of ``n_samples x B`` rows in internal batches of ``internal_batch_size`` rows (peak
     memory = one internal batch), plus one gradient-free forward of the clean batch to fix the
-    target.
+    target (``clean_pass=False`` skips it for explicit targets).
 
     Args:
         model: the classifier.
@@ -138,6 +140,13 @@ class SmoothGrad(AttributionMethod):
             32). Forwarded to a base that has its own ``internal_batch_size`` unless
             ``base_options`` sets it.
         base_options: keyword options for the base method (e.g. ``{"steps": 16}`` for IG).
+        clean_pass: run one gradient-free forward of the clean batch, which fixes the target
+            ``None`` to the predicted class and gives ``Attribution.predicted`` and ``scores``.
+            ``False`` skips it when the target is explicit (an index, name, sequence, tensor or
+            callable; ``None`` always needs it): ``predicted`` and ``scores`` are then ``None``
+            and ``targets`` come from the noisy rows. It costs about half a sample (one forward
+            of ``B`` rows against ``n`` forward + backward passes): 6 % at ``n = 8``, 1 % at
+            ``n = 50``. Captum's ``NoiseTunnel`` has no such pass.
         eval_mode: run the model in eval mode during the call (restored afterwards).
         fast: run on the BatchNorm-folded copy of the model (see
             :class:`~flashtorch.attribution.AttributionMethod`).
@@ -164,11 +173,13 @@ class SmoothGrad(AttributionMethod):
         seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
         base_options: dict[str, Any] | None = None,
+        clean_pass: bool = True,
         eval_mode: bool = True,
         fast: bool = False,
         amp: bool = False,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
+        self.clean_pass = bool(clean_pass)
         self.n_samples = check_option_int(n_samples, "n_samples")
         self.noise = check_option_float(noise, "noise (sigma as a fraction of the input range)")
         if variant is None:
@@ -194,6 +205,11 @@ class SmoothGrad(AttributionMethod):
             and "internal_batch_size" in inspect.signature(cls.__init__).parameters
         ):
             options["internal_batch_size"] = self.internal_batch_size
+        accepted = inspect.signature(cls.__init__).parameters
+        if "clean_pass" not in options and "clean_pass" in accepted:
+            # the base's own clean pass (IG's S(x), S(x'), delta on every noisy copy) would be
+            # discarded: skip it (the rows' targets are always explicit here)
+            options["clean_pass"] = False
         try:
             self.base: AttributionMethod = cls(model, eval_mode=eval_mode, **options)
         except TypeError as exc:
@@ -212,8 +228,13 @@ class SmoothGrad(AttributionMethod):
         x = inputs
         batch = x.shape[0]
         size = chunk_size(self.internal_batch_size, batch)
-        output = clean_forward(self.model, x, size)
-        scores, indices = explained_scores(target, output)
+        clean = self.clean_pass or needs_clean_pass(target)
+        output: Tensor | None = None
+        scores: Tensor | None = None
+        indices: Tensor | None = None
+        if clean:
+            output = clean_forward(self.model, x, size)
+            scores, indices = explained_scores(target, output)
 
         lo, hi = image_range(x)
         sigma = self.noise * (hi - lo)
@@ -228,7 +249,16 @@ class SmoothGrad(AttributionMethod):
             rows = torch.arange(start, stop, device=x.device)
             img = rows % batch
             noisy = x[img] + stream.rows(start, stop)
-            maps = self.base.compute(noisy, row_target(target, indices, img)).maps.detach()
+            row_targets = (
+                row_target(target, indices, img) if clean
+                else rows_of_target(target, batch, start, stop)
+            )
+            res = self.base.compute(noisy, row_targets)
+            maps = res.maps.detach()
+            if not clean and res.targets is not None:
+                if indices is None:
+                    indices = res.targets.new_zeros(batch)
+                indices[img] = res.targets
             if acc is None:
                 shape = (batch, *maps.shape[1:])
                 acc = maps.new_zeros(shape)
