@@ -91,6 +91,16 @@ class CleanupNet(nn.Module):
         return self.head(self.drop(x.mean((2, 3))))
 
 
+def small_cnn(second_act: type[nn.Module] = nn.ReLU, classes: int = 5, seed: int = 0) -> nn.Module:
+    """conv-ReLU-conv-``second_act``-pool(2)-linear on 3-channel images, seeded, in eval mode
+    (the n-sample methods' test model)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), second_act(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, classes),
+    ).eval()
+
+
 class BatchSpy:
     """Records the batch size of every forward call of a model (a forward pre-hook)."""
 

@@ -14,25 +14,12 @@ from torch import nn
 from flashtorch.errors import TargetError
 from flashtorch.saliency import IntegratedGradients, SmoothGrad
 
-from .conftest import BatchSpy
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 7),
-        )
-
-    def forward(self, x):
-        return self.body(x)
+from .conftest import BatchSpy, small_cnn
 
 
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return Net().eval()
+    return small_cnn(nn.ReLU, classes=7)
 
 
 @pytest.fixture

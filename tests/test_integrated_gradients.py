@@ -14,7 +14,7 @@ from flashtorch.errors import InputError, MethodError
 from flashtorch.saliency import IntegratedGradients
 from flashtorch.saliency.integrated_gradients import RULES, quadrature
 
-from .conftest import IMAGES, BatchSpy
+from .conftest import IMAGES, BatchSpy, small_cnn
 
 
 class SquareAndSum(nn.Module):
@@ -29,22 +29,9 @@ class SquareAndSum(nn.Module):
         return torch.stack([(flat**2).sum(1), flat.sum(1)], 1) + self.dummy
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.Tanh(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5),
-        )
-
-    def forward(self, x):
-        return self.body(x)
-
-
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return Net().eval()
+    return small_cnn(nn.Tanh)
 
 
 @pytest.fixture

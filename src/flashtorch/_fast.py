@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._surgery import HandleList, walk
+from ._surgery import HandleList
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -146,31 +146,31 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
     return net, folded
 
 
-def _state_tensors(model: nn.Module) -> list[Tensor]:
-    """Every parameter and buffer of ``model`` (one iterative walk; see ``_surgery.walk``)."""
-    tensors: list[Tensor] = []
-    for module in walk(model)[0]:
-        tensors.extend(t for t in module._parameters.values() if t is not None)
-        tensors.extend(t for t in module._buffers.values() if t is not None)
-    return tensors
-
-
 def _signature(model: nn.Module, example: Tensor, channels_last: bool) -> tuple:
-    """What the cached copy depends on (about 0.3 ms for EfficientNet-Lite0).
+    """What the cached copy depends on (about 0.13 ms for EfficientNet-Lite0).
 
-    The input's device and dtype, the layout, and the identity, version counter and device of
-    every parameter and buffer: training, ``load_state_dict`` or a replaced layer between calls
-    rebuild the copy.
+    The input's device and dtype, the layout, and for every parameter and buffer its identity,
+    version counter (bumped by in-place updates: training, ``load_state_dict``) and storage
+    address (a new one after ``.to()``, ``.half()`` or ``.data = ...``): any change rebuilds
+    the copy. One flat tuple from one iterative walk, since it runs on every call.
     """
-    tensors = _state_tensors(model)
-    return (
-        example.device,
-        example.dtype,
-        channels_last,
-        tuple(map(id, tensors)),
-        tuple(t._version for t in tensors),
-        tuple(t.device for t in tensors),
-    )
+    key: list[Any] = [example.device, example.dtype, channels_last]
+    add = key.append
+    stack = [model]
+    seen: set[int] = set()
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for tensors in (module._parameters, module._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    add(id(t))
+                    add(t._version)
+                    add(t.data_ptr())
+        stack.extend(c for c in module._modules.values() if c is not None)
+    return tuple(key)
 
 
 class FastViews:

@@ -196,8 +196,25 @@ def _saved(node: Any, name: str) -> Any:
     return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
 
 
-def _positive(grads: tuple) -> tuple:
-    return tuple(None if g is None else g.clamp(min=0) for g in grads)
+def _guided_hook(grad_inputs: tuple, _grad_outputs: tuple) -> None:
+    """Guided rule as a post-hook: ``max(g * mask, 0) = g * mask * [g > 0]`` (mask in {0, 1}).
+
+    The rectifier nodes (threshold/hardtanh/clamp backward) return freshly allocated results,
+    so they are clamped in place: one pass, no allocation.
+    """
+    for g in grad_inputs:
+        if g is not None:
+            g.clamp_(min=0)
+
+
+def _deconvnet_hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+    """Deconvnet rule as a post-hook: the node's result becomes ``max(g_out, 0)``.
+
+    Written into the node's own fresh result (no allocation).
+    """
+    for g_in, g_out in zip(grad_inputs, grad_outputs):
+        if g_in is not None and g_out is not None:
+            torch.clamp(g_out, min=0, out=g_in)
 
 
 class RectifierRule:
@@ -209,9 +226,10 @@ class RectifierRule:
     module type and nothing in the model changes. The hooks live on the graph, which is freed by
     the backward pass: no cleanup is needed and the forward pass costs nothing extra.
 
-    * guided (Springenberg et al. 2014): a pre-hook keeps only the positive part of the incoming
-      gradient; the node then applies its own forward mask, giving ``g * [lo < x < hi] * [g > 0]``.
-    * deconvnet (Zeiler & Fergus 2014): a hook replaces the node's result by ``max(g, 0)``,
+    * guided (Springenberg et al. 2014): the node applies its own forward mask, then a hook keeps
+      the positive part of its (freshly allocated) result in place, giving
+      ``max(g * [lo < x < hi], 0) = g * [lo < x < hi] * [g > 0]``.
+    * deconvnet (Zeiler & Fergus 2014): a hook overwrites the node's result with ``max(g, 0)``,
       ignoring the forward mask.
 
     Scripted (TorchScript) code fuses its graph and hides its rectifiers: :attr:`calls` stays 0
@@ -245,10 +263,7 @@ class RectifierRule:
             check = _RECTIFIER_NODES.get(name)
             if check is not None and check(node):
                 self.calls += 1
-                if self.rule == "guided":
-                    node.register_prehook(_positive)
-                else:
-                    node.register_hook(lambda grad_in, grad_out: _positive(grad_out))
+                node.register_hook(_guided_hook if self.rule == "guided" else _deconvnet_hook)
             elif name in _SMOOTH_NODES:
                 self.smooth.add(_SMOOTH_NODES[name])
             stack.extend(next_node for next_node, _ in node.next_functions)

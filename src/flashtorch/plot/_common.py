@@ -60,6 +60,24 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100, **kwargs: Any
     return atomic_write_bytes(target, buffer.getvalue())
 
 
+def finish_figure(
+    fig: Any,
+    title: str | None,
+    save_path: str | os.PathLike | None,
+    *,
+    tight: bool = True,
+    dpi: int = 100,
+) -> Any:
+    """Give ``fig`` its overall ``title``, lay it out tightly, save it if asked; returns it."""
+    if title:
+        fig.suptitle(title)
+    if tight:
+        fig.tight_layout()
+    if save_path is not None:
+        save_figure(fig, save_path, dpi=dpi)
+    return fig
+
+
 def to_image(tensor: Tensor) -> np.ndarray:
     """``(C, H, W)`` or ``(H, W)`` tensor -> ``(H, W, C)``/``(H, W)`` float numpy in [0, 1]."""
     t = tensor.detach().float().cpu()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ._common import atomic_write_bytes, new_figure, save_figure, to_image
+from ._common import atomic_write_bytes, finish_figure, new_figure, save_figure, to_image
 
 
 def _images(images: Tensor | Sequence[Tensor], name: str = "images") -> Tensor:
@@ -80,11 +80,7 @@ def channel_grid(
             ax.imshow(to_image(x[i]), interpolation="nearest")
             if titles is not None:
                 ax.set_title(titles[i], fontsize=10)
-    if title:
-        fig.suptitle(title)
-    if save_path is not None:
-        save_figure(fig, save_path)
-    return fig
+    return finish_figure(fig, title, save_path, tight=False)
 
 
 def image_figure(

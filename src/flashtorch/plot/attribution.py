@@ -33,7 +33,7 @@ from ..attribution import Attribution, reduce_channels
 from ..errors import InputError
 from ..utils.image import IMAGENET_MEAN, IMAGENET_STD
 from ..utils.image import denormalize as _denormalize
-from ._common import heat_rgba, new_figure, normalize_map, save_figure, to_image
+from ._common import finish_figure, heat_rgba, new_figure, normalize_map, to_image
 
 Results = Union[Mapping[str, Union[Attribution, Tensor]], Sequence[Attribution], Attribution]
 
@@ -221,12 +221,7 @@ def attribution_grid(
                 method_label(column)
             if j == 0 and labels:
                 image_label(labels[i])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if save_path is not None:
-        save_figure(fig, save_path)
-    return fig
+    return finish_figure(fig, title, save_path)
 
 
 def _default_labels(

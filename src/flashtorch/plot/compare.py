@@ -20,7 +20,7 @@ from .._targets import Target
 from ..attribution import Attribution
 from ..errors import InputError
 from ..utils.image import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from ._common import heat_rgba, new_figure, normalize_map, save_figure, to_image
+from ._common import finish_figure, heat_rgba, new_figure, normalize_map, to_image
 
 
 def _per_model(value: Any, models: Mapping[str, nn.Module], what: str) -> dict[str, Any]:
@@ -207,12 +207,7 @@ def compare_models(
             ax.set_xlabel(label, fontsize=7)
             if r == 0:
                 ax.set_title(f"{method}\n{name}", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if save_path is not None:
-        save_figure(fig, save_path, dpi=dpi)
-    return fig
+    return finish_figure(fig, title, save_path, dpi=dpi)
 
 
 __all__ = ["compare_models", "model_maps"]

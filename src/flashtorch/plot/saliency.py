@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..utils.image import denormalize, standardize_and_clip
-from ._common import heat_rgba, new_figure, normalize_map, save_figure, to_image
+from ._common import finish_figure, heat_rgba, new_figure, normalize_map, to_image
 
 
 def _batched(t: Tensor, channels: int | None, name: str) -> Tensor:
@@ -80,12 +80,7 @@ def visualize(
             axes[r][c].set_axis_off()
             if r == 0:
                 axes[r][c].set_title(titles[c])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if save_path is not None:
-        save_figure(fig, save_path)
-    return fig
+    return finish_figure(fig, title, save_path)
 
 
 def overlay(
