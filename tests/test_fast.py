@@ -125,3 +125,22 @@ def test_fast_works_for_sampling_methods(method, options):
     assert F.cosine_similarity(exact.flatten(), fast.flatten(), dim=0) > 0.999
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert model.training
+
+
+def test_clear_fast_cache_after_an_update_through_data(tiny_cnn):
+    """``p.data`` updates bypass the version counter: clear_fast_cache() is the way out."""
+    import flashtorch
+
+    x = torch.randn(2, 3, 16, 16)
+    before = attribute(tiny_cnn, x, target=1, method="gradient", fast=True).maps
+    with torch.no_grad():
+        for p in tiny_cnn.parameters():
+            p.data.mul_(1.5)  # not seen by the version counters
+    stale = attribute(tiny_cnn, x, target=1, method="gradient", fast=True).maps
+    assert torch.equal(stale, before)  # documented limitation: the cached copy is reused
+    flashtorch.clear_fast_cache(tiny_cnn)
+    fresh = attribute(tiny_cnn, x, target=1, method="gradient", fast=True).maps
+    exact = attribute(tiny_cnn, x, target=1, method="gradient").maps
+    torch.testing.assert_close(fresh, exact, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(fresh, before)
+    flashtorch.clear_fast_cache()  # every model

@@ -21,6 +21,7 @@ from . import saliency  # noqa: E402,F401
 
 # isort: split
 from . import activmax, cam, metrics  # noqa: E402,F401
+from ._fast import clear_fast_cache  # noqa: E402
 from .api import attribute  # noqa: E402
 from .attribution import (  # noqa: E402
     METHODS,
@@ -44,6 +45,7 @@ __all__ = [
     "__version__",
     "attribute",
     "available_methods",
+    "clear_fast_cache",
     "get_method",
     "reduce_channels",
 ]

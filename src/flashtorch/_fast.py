@@ -10,8 +10,12 @@ Integer-Arithmetic-Only Inference", section 3.2):
 
 The rewrite happens on a **copy** of the user's model (the user's model is never modified),
 optionally converted to ``channels_last``. The copy is cached per model in a weak dictionary and
-rebuilt when any parameter or buffer of the model changes (its tensor version counter moves), so
-training between calls is safe.
+rebuilt when any parameter or buffer of the model changes: an in-place update moves its version
+counter (an optimiser step, ``load_state_dict``, ``p.mul_()`` under ``no_grad``), ``.to()`` or
+``.half()`` gives it new storage, a replaced layer or parameter is a new object - so training
+between calls is safe. The one change it cannot see is an in-place update through ``p.data``
+(``p.data.mul_(0.9)``: ``.data`` has its own version counter); after such updates call
+:func:`clear_fast_cache`.
 
 Pairs are found by running the copy once: a convolution is folded only when its output feeds a
 batch-norm call and nothing else (checked by counting every tensor-producing use of that output
@@ -193,6 +197,13 @@ class FastViews:
         self._cache[model] = (key, net, count)
         return net
 
+    def forget(self, model: nn.Module | None = None) -> None:
+        """Drop the cached copy of ``model`` (of every model when ``None``)."""
+        if model is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(model, None)
+
     def folded_count(self, model: nn.Module) -> int:
         """How many conv -> BN pairs the cached copy of ``model`` folded (0 if none cached)."""
         hit = self._cache.get(model)
@@ -201,4 +212,13 @@ class FastViews:
 
 FAST_VIEWS = FastViews()
 
-__all__ = ["FAST_VIEWS", "FastViews", "fold_batchnorm"]
+
+def clear_fast_cache(model: nn.Module | None = None) -> None:
+    """Forget the ``fast=True`` copy of ``model`` (of every model when ``None``).
+
+    Needed only after updating weights through ``.data`` (``p.data.copy_(...)``), which no
+    version counter records; every other change is detected (see the module docstring).
+    """
+    FAST_VIEWS.forget(model)
+
+__all__ = ["FAST_VIEWS", "FastViews", "clear_fast_cache", "fold_batchnorm"]
