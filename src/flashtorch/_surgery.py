@@ -266,7 +266,7 @@ class RectifierRule:
                 node.register_hook(_guided_hook if self.rule == "guided" else _deconvnet_hook)
             elif name in _SMOOTH_NODES:
                 self.smooth.add(_SMOOTH_NODES[name])
-            stack.extend(next_node for next_node, _ in node.next_functions)
+            stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
 
     def warn_if_unused(self, method: str) -> None:
         """Warn that the map equals the plain gradient when no rectifier was found."""

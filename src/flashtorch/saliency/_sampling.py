@@ -135,6 +135,7 @@ def rows_of_target(target: Target, batch: int, start: int, stop: int) -> Target:
         raise ValueError("target=None needs the clean forward pass")
     if callable(target) and not isinstance(target, Tensor):
         return target
+    flat: Tensor | list[Any]
     if isinstance(target, Tensor):
         flat = target.reshape(-1)
         count = flat.numel()

@@ -278,6 +278,8 @@ class IntegratedGradients(AttributionMethod):
                 else rows_of_target(target, batch, start, stop)
             )
             out = input_gradients(self.model, path, row_targets, method=self.name)
+            row_out, row_scores = out.output, out.scores
+            assert row_out is not None and row_scores is not None  # a gradient run has both
             integral.index_add_(0, img, out.maps * weights[node].view(-1, 1, 1, 1))
             if not clean and out.targets is not None:
                 if indices is None:
@@ -287,17 +289,16 @@ class IntegratedGradients(AttributionMethod):
                 at = node == int(zero_node[0])
                 if bool(at.any()):
                     if base_scores is None:
-                        base_scores = out.scores.new_zeros(batch)
-                    base_scores[img[at]] = out.scores[at].to(base_scores.dtype)
+                        base_scores = row_scores.new_zeros(batch)
+                    base_scores[img[at]] = row_scores[at].to(base_scores.dtype)
             if not clean and one_node.size:  # S(x) and the output from the rows at alpha = 1
                 at = node == int(one_node[0])
                 if bool(at.any()):
-                    if output is None:
-                        output = out.output.new_zeros((batch, *out.output.shape[1:]))
-                        scores = out.scores.new_zeros(batch)
-                    assert scores is not None
-                    output[img[at]] = out.output[at]
-                    scores[img[at]] = out.scores[at]
+                    if output is None or scores is None:
+                        output = row_out.new_zeros((batch, *row_out.shape[1:]))
+                        scores = row_scores.new_zeros(batch)
+                    output[img[at]] = row_out[at]
+                    scores[img[at]] = row_scores[at]
         maps = diff * integral
         extras: dict[str, Tensor] = {}
         if scores is not None and base_scores is not None:
