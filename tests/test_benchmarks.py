@@ -100,7 +100,7 @@ def test_quick_run_writes_json_and_markdown(bench, tmp_path):
         models=("tiny",), batch_sizes=(1,), floor_batch=0,
         methods=("gradient", "guided", "smoothgrad", "gradcam"), rounds=1, heavy_rounds=1,
         n_samples=2, internal_batch_size=2, memory=True, quick=True, out=str(tmp_path),
-        name="smoke",
+        name="smoke", malloc="default",  # leave this test process's allocator alone
     )
     report = bench.run(cfg, log=lambda _s: None)
     data = json.loads((tmp_path / "smoke.json").read_text())
@@ -132,6 +132,48 @@ def test_quick_run_writes_json_and_markdown(bench, tmp_path):
     assert any(f["floor"].startswith("gradient exact <= 1.10x") for f in data["floors"])
     assert report["floors"] == data["floors"]
     assert "| candidate |" in md and "## Floors" in md
+
+
+def _row(name, method, mode, **extra):
+    return {"name": name, "library": "flashtorch", "method": method, "mode": mode,
+            "limit": "limit", "ratio_to_limit": 1.0, "runs_ms": [1.0, 1.0], **extra}
+
+
+def test_floors_judge_only_peers_doing_the_same_work(bench):
+    """Matched peers (clean_pass), different maps (Captum on ReLU6) and CPU bfloat16 amp."""
+    ig = [
+        _row("flashtorch integrated_gradients exact", "integrated_gradients", "exact",
+             ratio_to_peers={"captum IG": 1.08, "captum IG+delta": 0.99},
+             cosine_vs_peers={"captum IG": 1.0, "captum IG+delta": 1.0},
+             floor_peers=["captum IG+delta"]),
+        _row("flashtorch integrated_gradients no-clean-pass", "integrated_gradients",
+             "no-clean-pass", ratio_to_peers={"captum IG": 1.02, "captum IG+delta": 0.9},
+             cosine_vs_peers={"captum IG": 1.0}, floor_peers=["captum IG"]),
+    ]
+    guided = [
+        _row("flashtorch guided exact", "guided", "exact",
+             ratio_to_peers={"captum GuidedBackprop": 1.05},
+             cosine_vs_peers={"captum GuidedBackprop": 0.03}),
+        _row("flashtorch gradient amp", "gradient", "amp", cosine_vs_exact=0.9),
+    ]
+    results = [
+        {"model": "m", "batch": 1, "family": "integrated_gradients", "candidates": ig},
+        {"model": "m", "batch": 1, "family": "gradient", "candidates": guided},
+    ]
+    cfg = bench.Config(floor_batch=0)
+    floors = {f["floor"]: f for f in bench.check_floors(results, {}, cfg)}
+    assert floors["integrated_gradients exact no slower than captum IG+delta (m b1)"][
+        "status"] == "PASS"
+    assert not any(k.startswith("integrated_gradients exact no slower than captum IG (")
+                   for k in floors)  # the default is not held to the peer doing less work
+    assert floors["integrated_gradients no-clean-pass no slower than captum IG (m b1)"][
+        "status"] == "FAIL"
+    skipped = floors["guided exact no slower than captum GuidedBackprop (m b1)"]
+    assert skipped["status"] == "SKIP" and "not the same map" in skipped["detail"]
+    assert floors["gradient amp cosine vs exact (m b1)"]["status"] == "SKIP"  # CPU bfloat16
+    cuda = {f["floor"]: f for f in bench.check_floors(results, {}, bench.Config(
+        device="cuda", floor_batch=0))}
+    assert cuda["gradient amp cosine vs exact (m b1)"]["status"] == "FAIL"
 
 
 def test_cli_flags_parse(bench):
