@@ -238,6 +238,18 @@ def _model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _out_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--out DIR`` (default ``out``): the folder of a command's files, ``what``."""
+    return click.option(
+        "-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
+        type=click.Path(file_okay=False, path_type=Path), help=f"Folder for {what}.",
+    )
+
+
+_SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True,
+                            help="Random seed.")
+
+
 def _quiet(ctx: click.Context) -> bool:
     return bool(ctx.meta.get("flashtorch.quiet"))
 
@@ -722,9 +734,7 @@ def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
 @_METHOD_OPTION
 @_TARGET_OPTION
 @_LAYER_OPTION
-@click.option("-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for <image>_<method>.png/.npy (created if needed).")
+@_out_option("<image>_<method>.png/.npy (created if needed)")
 @click.option("--format", "fmt", type=click.Choice(["png", "npy", "both"]), default="png",
               show_default=True, help="Overlay PNG, raw map NPY, or both.")
 @_SIZE_OPTION
@@ -971,10 +981,8 @@ _STEPS_HELP = "Optimisation steps."
               metavar="PX", help="Side of the rendered images.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, show_default=True,
               help="Adam's learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for <layer>_ch<C>.png and <layer>_grid.png.")
+@_SEED_OPTION
+@_out_option("<layer>_ch<C>.png and <layer>_grid.png")
 @_common_options
 @click.pass_context
 def activmax(
@@ -1045,10 +1053,8 @@ def _check_channel_range(loaded: LoadedModel, layer: str, picked: Sequence[int])
               help="Step size in [0, 1] RGB units.")
 @click.option("--size", type=click.IntRange(16, 4096), metavar="PX",
               help="Resize the photo's shorter side first (default: keep its size).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for <image>_dream.png.")
+@_SEED_OPTION
+@_out_option("<image>_dream.png")
 @_common_options
 @click.pass_context
 def dream(
