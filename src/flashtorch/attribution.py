@@ -193,7 +193,7 @@ class AttributionMethod(abc.ABC):
                 f"{self.name}: amp=True on the CPU computes in bfloat16 (8-bit mantissa); its "
                 "gradient maps agree with float32 only at cosine 0.89-0.93 on resnet50 and "
                 "EfficientNet-Lite0 (benchmarks/results/cpu.md). Use it for speed, not for "
-                "fine detail; fast=True is exact and also faster",
+                "fine detail (fast=True is exact and speeds calls up too)",
                 UserWarning,
                 stacklevel=2,
             )
