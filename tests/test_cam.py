@@ -692,3 +692,19 @@ def test_guided_gradcam_default_layer_goes_single_pass_once_known(resnet18):
         again = method(x, target=3)
     assert method.passes == (1, 1) and spy.sizes == [1]
     torch.testing.assert_close(again.maps, first.maps, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("call, passes", [(0, (1, 2)), (1, (1, 2)), (2, (1, 1))])
+def test_guided_gradcam_on_a_shared_relu_call(call, passes):
+    """One nn.ReLU run three times: its later calls lie between an earlier call and the score."""
+    torch.manual_seed(0)
+    model = SharedAct().eval()
+    model.act = nn.ReLU()
+    x = images(2, 16, seed=9)
+    method = cam.GuidedGradCAM(model, "act", call=call)
+    got = method(x, target=[1, 2])
+    assert method.passes == passes
+    grad_cam = cam.GradCAM(model, "act", call=call)(x, target=[1, 2]).maps
+    torch.testing.assert_close(got.maps, grad_cam * cam_guided(model, x, [1, 2]),
+                               rtol=1e-5, atol=1e-9)
+    assert hook_count(model) == 0
