@@ -687,6 +687,19 @@ def build_nsample_case(env: Env, batch: int, family: str) -> Case:
     return case
 
 
+def _add_forward_limits(env: Env, case: Case, x: Tensor, rows: Tensor, size: int,
+                        what: str) -> None:
+    """The gradient-free limits of occlusion / Score-CAM: the clean batch and the ``rows``,
+    ``size`` per pass, on the model and on its BN-folded channels_last copy."""
+    case.candidates.append(Candidate(
+        "limit forwards", "limit", "limit", lambda: forward_limit(env.frozen, x, rows, size),
+        "no-grad", note=f"clean forward + {what}, {size} per pass"))
+    x_cl, rows_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, rows))
+    case.candidates.append(Candidate(
+        "limit forwards BN-folded channels_last", "limit", "limit",
+        lambda: forward_limit(env.folded_cl, x_cl, rows_cl, size), "folded"))
+
+
 def build_occlusion_case(env: Env, batch: int) -> Case:
     from flashtorch.saliency.occlusion import window_starts
 
@@ -700,13 +713,7 @@ def build_occlusion_case(env: Env, batch: int) -> Case:
     rows = x.repeat(p, 1, 1, 1).contiguous()
     case = Case(env.spec.name, batch, "occlusion", p,
                 settings={"window": w, "stride": s, "windows": p, "internal_batch_size": size})
-    case.candidates.append(Candidate(
-        "limit forwards", "limit", "limit", lambda: forward_limit(env.frozen, x, rows, size),
-        "no-grad", note=f"clean forward + {p} x {batch} occluded rows, {size} per pass"))
-    x_cl, rows_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, rows))
-    case.candidates.append(Candidate(
-        "limit forwards BN-folded channels_last", "limit", "limit",
-        lambda: forward_limit(env.folded_cl, x_cl, rows_cl, size), "folded"))
+    _add_forward_limits(env, case, x, rows, size, f"{p} x {batch} occluded rows")
     _flashtorch_rows(env, case, "occlusion", x, idx, "limit forwards",
                      "limit forwards BN-folded channels_last",
                      window=w, stride=s, fill=0.0, internal_batch_size=size)
@@ -789,13 +796,7 @@ def build_scorecam_case(env: Env, batch: int) -> Case:
                 notes=[f"Score-CAM costs K = {k} masked forwards per image; the layer is one "
                        "with few channels to keep the run short (the ratio does not depend "
                        "on K)"])
-    case.candidates.append(Candidate(
-        "limit forwards", "limit", "limit", lambda: forward_limit(env.frozen, x, rows, size),
-        "no-grad", note=f"clean forward + {k} x {batch} masked rows, {size} per pass"))
-    x_cl, rows_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, rows))
-    case.candidates.append(Candidate(
-        "limit forwards BN-folded channels_last", "limit", "limit",
-        lambda: forward_limit(env.folded_cl, x_cl, rows_cl, size), "folded"))
+    _add_forward_limits(env, case, x, rows, size, f"{k} x {batch} masked rows")
     _flashtorch_rows(env, case, "scorecam", x, idx, "limit forwards",
                      "limit forwards BN-folded channels_last",
                      layer=layer, internal_batch_size=size)

@@ -91,6 +91,17 @@ class CleanupNet(nn.Module):
         return self.head(self.drop(x.mean((2, 3))))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module whose tests run many small tensor ops (much faster than two
+    threads on a busy machine); restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_cnn(second_act: type[nn.Module] = nn.ReLU, classes: int = 5, seed: int = 0) -> nn.Module:
     """conv-ReLU-conv-``second_act``-pool(2)-linear on 3-channel images, seeded, in eval mode
     (the n-sample methods' test model)."""

@@ -10,14 +10,7 @@ from flashtorch.datasets import CLASSES, SyntheticLocalization
 from flashtorch.errors import InputError
 from flashtorch.utils.image import IMAGENET_MEAN, IMAGENET_STD
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The generator runs many small tensor ops: one thread is much faster on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(length: int = 8, seed: int = 0, **kw) -> SyntheticLocalization:

@@ -14,12 +14,7 @@ from flashtorch.finetune import evaluate, find_head, fine_tune, replace_head
 SMALL = dict(size=32, patch_fraction=(0.4, 0.5), periods=(3.0, 4.0), distractors=(1, 3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ from flashtorch.metrics import (
     ssim,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def square_mask(h=8, w=8, y0=2, y1=5, x0=3, x1=6, batch=1):

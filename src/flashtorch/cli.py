@@ -246,6 +246,10 @@ def _out_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     )
 
 
+_CMAP_OPTION = click.option("--cmap", default="jet", show_default=True,
+                            help="Colour map of the overlays.")
+_ALPHA_OPTION = click.option("--alpha", type=click.FloatRange(0, 1), default=0.75,
+                             show_default=True, help="Opacity of the map where it is highest.")
 _SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True,
                             help="Random seed.")
 
@@ -738,9 +742,8 @@ def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["png", "npy", "both"]), default="png",
               show_default=True, help="Overlay PNG, raw map NPY, or both.")
 @_SIZE_OPTION
-@click.option("--cmap", default="jet", show_default=True, help="Colour map of the overlays.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.75, show_default=True,
-              help="Opacity of the map where it is highest.")
+@_CMAP_OPTION
+@_ALPHA_OPTION
 @_OPT_OPTION
 @_BATCH_OPTION
 @_common_options
@@ -803,9 +806,8 @@ def explain(
 @_LAYER_OPTION
 @_SIZE_OPTION
 @click.option("--title", default="flashtorch report", show_default=True, help="Page title.")
-@click.option("--cmap", default="jet", show_default=True, help="Colour map of the overlays.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.75, show_default=True,
-              help="Opacity of the map where it is highest.")
+@_CMAP_OPTION
+@_ALPHA_OPTION
 @_OPT_OPTION
 @_BATCH_OPTION
 @_common_options
