@@ -361,6 +361,7 @@ class Config:
     amp: bool = True
     compile: bool = False
     cuda_graphs: bool = False
+    tf32: bool = False  # CUDA: keep PyTorch's TF32 convolutions (default: off, float32 proper)
     clock: str = "wall"  # wall: perf_counter; cpu: process_time (robust to other load)
     malloc: str = "heap"  # heap: keep_heap() on Linux CPU runs; default: leave glibc as is
     peers: bool = True
@@ -415,7 +416,13 @@ class Env:
         self.frozen = frozen_copy(spec.model)
         example = torch.zeros(1, 3, spec.size, spec.size, device=device)
         self.folded, self.n_folded = fold_batchnorm(spec.model, example)
-        self.folded_cl = copy.deepcopy(self.folded).to(memory_format=torch.channels_last)
+        # the floor of fast=True: the folded copy in the layout flashtorch picks on this device
+        from flashtorch._fast import fast_channels_last
+
+        cl = fast_channels_last(example)
+        self.fast_format = torch.channels_last if cl else torch.contiguous_format
+        self.fast_tag = "BN-folded " + ("channels_last" if cl else "contiguous")
+        self.folded_cl = copy.deepcopy(self.folded).to(memory_format=self.fast_format)
         self.captum, self.captum_note = (None, "--no-peers") if not cfg.peers else _optional(
             "captum.attr")
         self.pgc, self.pgc_note = (None, "--no-peers") if not cfg.peers else _optional(
@@ -483,13 +490,14 @@ def build_gradient_case(env: Env, batch: int, methods: tuple[str, ...],
     c.append(Candidate("limit BN-folded", "limit", "limit",
                        lambda: raw_limit(env.folded, x, idx), "folded-contiguous",
                        note=f"on the BN-folded copy ({env.n_folded} pairs)"))
-    xcl = x.contiguous(memory_format=torch.channels_last)
-    c.append(Candidate("limit BN-folded channels_last", "limit", "limit",
+    xcl = x.contiguous(memory_format=env.fast_format)
+    c.append(Candidate(f"limit {env.fast_tag}", "limit", "limit",
                        lambda: raw_limit(env.folded_cl, xcl, idx), "folded",
-                       note="the floor of fast=True (BN folded, channels_last)"))
+                       note="the floor of fast=True (BN folded, in its layout)"))
     if cfg.compile and not floor_only:
         try:
-            env.compiled = env.compiled or torch.compile(frozen_copy(model))
+            if env.compiled is None:  # (a module's truth value calls len())
+                env.compiled = torch.compile(frozen_copy(model))
             c.append(Candidate("limit torch.compile", "limit", "limit",
                                lambda: raw_limit(env.compiled, x, idx), "compiled"))
         except Exception as exc:
@@ -501,7 +509,7 @@ def build_gradient_case(env: Env, batch: int, methods: tuple[str, ...],
             continue
         if floor_only and name not in ("gradient", "guided"):
             continue
-        _flashtorch_rows(env, case, name, x, idx, "limit", "limit BN-folded channels_last")
+        _flashtorch_rows(env, case, name, x, idx, "limit", f"limit {env.fast_tag}")
         if env.captum is not None and name in CAPTUM_OF:
             c.append(Candidate(f"captum {CAPTUM_OF[name]}", "captum", name,
                                _captum_gradient(env.captum, name, model, x, idx), limit="limit"))
@@ -591,43 +599,64 @@ def _legacy_candidate(env: Env, x: Tensor, idx: Tensor, guided: bool) -> Candida
                      note="batch 1 loop, parameter gradients, predicted class")
 
 
+def _cuda_graph_of(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], Tensor]:
+    """A hand-made CUDA graph of ``fn`` (the raw limits), replayed on a fresh copy of ``x``."""
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(static_x)
+
+    def run() -> Tensor:
+        static_x.copy_(x)  # a new batch is copied in, as a real loop would
+        graph.replay()
+        return static_out
+
+    return run
+
+
+#: flashtorch.graphed rows: (method, fast) per family
+GRAPHED = {"gradient": (("gradient", False), ("gradient", True), ("guided", True)),
+           "cam": (("gradcam", True), ("guided_gradcam", True))}
+
+
 def _add_cuda_graphs(env: Env, case: Case, x: Tensor, idx: Tensor) -> None:
-    """CUDA-graph replays of the raw limit and of flashtorch's gradient (fast) call."""
-    from flashtorch import METHODS
+    """CUDA-graph replays: the raw limits captured by hand, and ``flashtorch.graphed`` calls."""
+    import flashtorch
 
-    def graphed(fn: Callable[[Tensor], Tensor]) -> Callable[[], Tensor]:
-        static_x = x.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn(static_x)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn(static_x)
-
-        def run() -> Tensor:
-            static_x.copy_(x)  # a new batch is copied in, as a real loop would
-            graph.replay()
-            return static_out
-
-        return run
-
-    try:
-        c = Candidate("limit CUDA graph", "limit", "limit",
-                      graphed(lambda s: raw_limit(env.frozen, s, idx)), "cuda-graph")
-        case.candidates.append(c)
-    except Exception as exc:
-        case.notes.append(f"CUDA graph of the limit failed: {exc!r}")
-    try:
-        method = METHODS["gradient"](env.model, fast=True)
-        c = Candidate("flashtorch gradient fast CUDA graph", "flashtorch", "gradient",
-                      graphed(lambda s: method(s, target=idx).maps), "fast+cuda-graph",
-                      "limit CUDA graph")
-        case.candidates.append(c)
-    except Exception as exc:
-        case.notes.append(f"CUDA graph of flashtorch gradient failed: {exc!r}")
+    limits = {}
+    if case.family == "gradient":
+        x_cl = x.contiguous(memory_format=env.fast_format)
+        for name, net, xin, mode in (
+                ("limit CUDA graph", env.frozen, x, "exact"),
+                (f"limit CUDA graph {env.fast_tag}", env.folded_cl, x_cl, "fast")):
+            try:
+                case.candidates.append(Candidate(
+                    name, "limit", "limit",
+                    _cuda_graph_of(lambda s, net=net: raw_limit(net, s, idx), xin),
+                    "cuda-graph"))
+                limits[mode] = name
+            except Exception as exc:
+                case.notes.append(f"{name} failed: {exc!r}")
+    for name, fast in GRAPHED.get(case.family, ()):
+        if name not in env.cfg.methods:
+            continue
+        mode = "fast" if fast else "exact"
+        options = {"layer": env.spec.cam_layer} if case.family == "cam" else {}
+        try:
+            g = flashtorch.graphed(flashtorch.METHODS[name](env.model, fast=fast, **options))
+        except Exception as exc:
+            case.notes.append(f"flashtorch.graphed({name}, fast={fast}): {exc!r}")
+            continue
+        case.candidates.append(Candidate(
+            f"flashtorch {name} {mode} graphed", "flashtorch", name,
+            _ft(g, x, idx), f"{mode}+cuda-graph", limits.get(mode),
+            note="flashtorch.graphed: one capture, then replays"))
 
 
 def _expanded(x: Tensor, idx: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -647,9 +676,9 @@ def build_nsample_case(env: Env, batch: int, family: str) -> Case:
     case.candidates.append(Candidate(
         "limit expanded", "limit", "limit", lambda: chunked_raw_limit(env.frozen, rows, ridx, size),
         "frozen", note=f"raw limit on {n} x {batch} rows, {size} rows per pass"))
-    rows_cl = rows.contiguous(memory_format=torch.channels_last)
+    rows_cl = rows.contiguous(memory_format=env.fast_format)
     case.candidates.append(Candidate(
-        "limit expanded BN-folded channels_last", "limit", "limit",
+        f"limit expanded {env.fast_tag}", "limit", "limit",
         lambda: chunked_raw_limit(env.folded_cl, rows_cl, ridx, size), "folded"))
     if family == "smoothgrad":
         opts = {"n_samples": n, "noise": 0.15, "seed": 0, "internal_batch_size": size}
@@ -663,7 +692,7 @@ def build_nsample_case(env: Env, batch: int, family: str) -> Case:
     matched = {"no-clean-pass": (peer,),
                "exact": (f"{peer}+delta",) if family == "integrated_gradients" else ()}
     _flashtorch_rows(env, case, family, x, idx, "limit expanded",
-                     "limit expanded BN-folded channels_last",
+                     f"limit expanded {env.fast_tag}",
                      extra_modes=(("no-clean-pass", {"clean_pass": False}),),
                      floor_peers=matched, **opts)
     if env.captum is not None:
@@ -690,13 +719,13 @@ def build_nsample_case(env: Env, batch: int, family: str) -> Case:
 def _add_forward_limits(env: Env, case: Case, x: Tensor, rows: Tensor, size: int,
                         what: str) -> None:
     """The gradient-free limits of occlusion / Score-CAM: the clean batch and the ``rows``,
-    ``size`` per pass, on the model and on its BN-folded channels_last copy."""
+    ``size`` per pass, on the model and on its BN-folded copy (in fast=True's layout)."""
     case.candidates.append(Candidate(
         "limit forwards", "limit", "limit", lambda: forward_limit(env.frozen, x, rows, size),
         "no-grad", note=f"clean forward + {what}, {size} per pass"))
-    x_cl, rows_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, rows))
+    x_cl, rows_cl = (t.contiguous(memory_format=env.fast_format) for t in (x, rows))
     case.candidates.append(Candidate(
-        "limit forwards BN-folded channels_last", "limit", "limit",
+        f"limit forwards {env.fast_tag}", "limit", "limit",
         lambda: forward_limit(env.folded_cl, x_cl, rows_cl, size), "folded"))
 
 
@@ -715,7 +744,7 @@ def build_occlusion_case(env: Env, batch: int) -> Case:
                 settings={"window": w, "stride": s, "windows": p, "internal_batch_size": size})
     _add_forward_limits(env, case, x, rows, size, f"{p} x {batch} occluded rows")
     _flashtorch_rows(env, case, "occlusion", x, idx, "limit forwards",
-                     "limit forwards BN-folded channels_last",
+                     f"limit forwards {env.fast_tag}",
                      window=w, stride=s, fill=0.0, internal_batch_size=size)
     if env.captum is not None:
         ca = env.captum
@@ -758,20 +787,20 @@ def build_cam_case(env: Env, batch: int, methods: tuple[str, ...]) -> Case:
     c.append(Candidate("limit to layer", "limit", "limit",
                        lambda: layer_limit(env.frozen, layer, x, idx), "frozen",
                        note=f"forward + autograd.grad w.r.t. {layer}'s activation"))
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    c.append(Candidate("limit to layer BN-folded channels_last", "limit", "limit",
+    x_cl = x.contiguous(memory_format=env.fast_format)
+    c.append(Candidate(f"limit to layer {env.fast_tag}", "limit", "limit",
                        lambda: layer_limit(env.folded_cl, layer, x_cl, idx), "folded"))
     if "guided_gradcam" in methods:
         c.append(Candidate("limit to input", "limit", "limit",
                            lambda: raw_limit(env.frozen, x, idx), "frozen",
                            note="guided Grad-CAM's floor: one forward + one backward to input"))
-        c.append(Candidate("limit to input BN-folded channels_last", "limit", "limit",
+        c.append(Candidate(f"limit to input {env.fast_tag}", "limit", "limit",
                            lambda: raw_limit(env.folded_cl, x_cl, idx), "folded"))
     for name in methods:
         if FAMILY.get(name) != "cam":
             continue
         lim = "limit to input" if name == "guided_gradcam" else "limit to layer"
-        _flashtorch_rows(env, case, name, x, idx, lim, lim + " BN-folded channels_last",
+        _flashtorch_rows(env, case, name, x, idx, lim, f"{lim} {env.fast_tag}",
                          layer=layer)
         if env.captum is not None and name in CAPTUM_OF:
             c.append(Candidate(f"captum {CAPTUM_OF[name]}", "captum", name,
@@ -781,6 +810,8 @@ def build_cam_case(env: Env, batch: int, methods: tuple[str, ...]) -> Case:
                                _pgc_call(env, GRADCAM_OF[name], layer, x, idx), limit=lim))
     if env.pgc is None:
         case.notes.append(env.pgc_note)
+    if env.cfg.cuda_graphs and env.device.type == "cuda":
+        _add_cuda_graphs(env, case, x, idx)
     return case
 
 
@@ -798,7 +829,7 @@ def build_scorecam_case(env: Env, batch: int) -> Case:
                        "on K)"])
     _add_forward_limits(env, case, x, rows, size, f"{k} x {batch} masked rows")
     _flashtorch_rows(env, case, "scorecam", x, idx, "limit forwards",
-                     "limit forwards BN-folded channels_last",
+                     f"limit forwards {env.fast_tag}",
                      layer=layer, internal_batch_size=size)
     if env.pgc is not None:
         case.candidates.append(Candidate(
@@ -1336,6 +1367,7 @@ def machine_info(cfg: Config, device: torch.device) -> dict[str, Any]:
         info["pytorch_grad_cam"] = version("grad-cam")
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32"] = bool(torch.backends.cudnn.allow_tf32)
     with contextlib.suppress(OSError):
         info["loadavg_start"] = os.getloadavg()
     return info
@@ -1353,7 +1385,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"# flashtorch attribution benchmark ({m['device']})", "",
         f"- date: {m['date']}",
         f"- machine: {m.get('gpu', m['cpu'])}; {m['logical_cores']} logical cores; torch "
-        f"threads {m['torch_threads']}",
+        f"threads {m['torch_threads']}"
+        + ("" if "tf32" not in m else "; TF32 " + ("on (PyTorch's cuDNN default)" if m["tf32"]
+                                                   else "off: exact = float32")),
         f"- torch {m['torch']}, torchvision {m.get('torchvision', '-')}, captum "
         f"{m.get('captum', '-')}, grad-cam {m.get('pytorch_grad_cam', '-')}, flashtorch "
         f"{m.get('flashtorch', '-')}; Python {m['python']}",
@@ -1383,12 +1417,12 @@ def to_markdown(report: dict[str, Any]) -> str:
                   + (f" ({settings})" if settings else ""), ""]
         if load:
             lines += [f"1-min load average before / after: {load[0]} / {load[1]}", ""]
-        lines.append("| candidate | ms / image | x limit | vs peers (ratio, cos) | "
+        lines.append("| candidate | ms / image | images / s | x limit | vs peers (ratio, cos) | "
                      "fast/amp: speed-up, cos vs exact | peak MB | note |")
-        lines.append("|---|---:|---:|---|---|---:|---|")
+        lines.append("|---|---:|---:|---:|---|---|---:|---|")
         for c in r["candidates"]:
             if "error" in c:
-                lines.append(f"| {c['name']} | error | | | | | {c['error'][:120]} |")
+                lines.append(f"| {c['name']} | error | | | | | | {c['error'][:120]} |")
                 continue
             peers = "; ".join(
                 f"{p.split(' ', 1)[-1]} {v:.2f}x"
@@ -1401,8 +1435,9 @@ def to_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(c.get('cosine_vs_exact'), '.5f')}")
             peak = mcases.get(c["name"], {}).get("peak_mb")
             lim = "" if c["library"] == "limit" else f" ({c['limit']})" if c["limit"] else ""
+            ms = c.get("ms_per_image")
             lines.append(
-                f"| {c['name']} | {_fmt(c.get('ms_per_image'), '.1f')} | "
+                f"| {c['name']} | {_fmt(ms, '.1f')} | {_fmt(1000 / ms if ms else None, '.0f')} | "
                 f"{_fmt(c.get('ratio_to_limit'), '.3f')}{lim} | {peers} | {exact} | "
                 f"{_fmt(peak, '.0f')} | {c.get('note', '')} |")
         if r["notes"]:
@@ -1467,12 +1502,31 @@ def keep_heap() -> str:
             else "default allocator (mallopt refused)")
 
 
+def _stem(cfg: Config, device: torch.device) -> str:
+    return cfg.name or (device.type + ("-quick" if cfg.quick else ""))
+
+
+def _write_partial(cfg: Config, device: torch.device, report: dict[str, Any]) -> None:
+    """The results so far (``STEM.partial.json``), so that a run stopped by a time limit (a lent
+    GPU machine) still leaves every finished case; ``--rebuild`` turns it into a report."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{_stem(cfg, device)}.partial.json").write_text(
+        json.dumps(report, indent=1, default=str))
+
+
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark described by ``cfg``; write JSON and Markdown; return the report."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
     _set_threads(cfg)
+    if device.type == "cuda":
+        # TF32 (10-bit mantissa) convolutions are PyTorch's cuDNN default; with them the
+        # "exact" maps already differ from float32 ones (cosine ~0.98 on resnet50), and fast /
+        # amp agreement would compare two approximations. Every candidate runs the same way.
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     report: dict[str, Any] = {"machine": machine_info(cfg, device), "config": dict(cfg.__dict__),
                               "results": [], "memory": {}, "notes": []}
     report["machine"]["allocator"] = (
@@ -1497,6 +1551,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
                                        if hasattr(os, "getloadavg") else None]
             loads_seen.extend(x for x in summary["loadavg_1min"] if x is not None)
             report["results"].append(summary)
+            _write_partial(cfg, device, report)
             for c in summary["candidates"]:
                 if "ms_per_image" in c:
                     log(f"    {c['name']:<52} {c['ms_per_image']:>10.2f} ms/img  "
@@ -1520,7 +1575,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     report["floors"] = check_floors(report["results"], report["memory"], cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = cfg.name or (device.type + ("-quick" if cfg.quick else ""))
+    stem = _stem(cfg, device)
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     (out / f"{stem}.md").write_text(to_markdown(report))
     log("")
@@ -1555,6 +1611,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="directory holding FlashTorch 0.1.3 (pip install --target)")
     p.add_argument("--compile", action="store_true", help="add torch.compile'd limit rows")
     p.add_argument("--cuda-graphs", action="store_true", help="add CUDA-graph rows (CUDA only)")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA: leave TF32 convolutions / matmuls on (PyTorch's cuDNN default); "
+                   "by default they are switched off so that exact means float32")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: perf_counter (default); cpu: process CPU time, for loaded "
                    "machines (use with --threads 1)")
@@ -1569,7 +1628,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     cfg = Config(device=a.device, threads=a.threads, warmup=a.warmup, n_samples=a.n_samples,
                  internal_batch_size=a.internal_batch_size, memory=not a.no_memory,
                  memory_batch=a.memory_batch, legacy_path=a.legacy_path, amp=not a.no_amp,
-                 compile=a.compile, cuda_graphs=a.cuda_graphs, peers=not a.no_peers,
+                 compile=a.compile, cuda_graphs=a.cuda_graphs, tf32=a.tf32,
+                 peers=not a.no_peers,
                  quick=a.quick, out=a.out, name=a.name, clock=a.clock, malloc=a.malloc)
     if cuda:
         cfg.batch_sizes, cfg.floor_batch = (1, 32), 32

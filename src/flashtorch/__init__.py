@@ -22,6 +22,7 @@ from . import saliency  # noqa: E402,F401
 # isort: split
 from . import activmax, cam, metrics  # noqa: E402,F401
 from ._fast import clear_fast_cache  # noqa: E402
+from ._graphs import GraphedMethod, graphed  # noqa: E402
 from .api import attribute  # noqa: E402
 from .attribution import (  # noqa: E402
     METHODS,
@@ -42,10 +43,12 @@ __all__ = [
     "Attribution",
     "AttributionMethod",
     "Backprop",
+    "GraphedMethod",
     "__version__",
     "attribute",
     "available_methods",
     "clear_fast_cache",
     "get_method",
+    "graphed",
     "reduce_channels",
 ]

@@ -177,37 +177,78 @@ def _signature(model: nn.Module, example: Tensor, channels_last: bool) -> tuple:
     return tuple(key)
 
 
+def fast_channels_last(x: Tensor, amp: bool = False) -> bool:
+    """Whether ``fast=True`` runs an image batch ``x`` in ``channels_last``.
+
+    On the CPU always (oneDNN: resnet50 batch 8, one thread, 0.90x the contiguous time). On
+    CUDA only where tensor cores run the convolutions - TF32 allowed
+    (``torch.backends.cudnn.allow_tf32``, PyTorch's default), ``amp``, or half-precision
+    inputs: on an H200, resnet50 batch 32, the folded copy ran 1.12x faster in channels_last
+    with TF32 but 0.86x as fast without it (plain float32), where it stays contiguous.
+    """
+    if x.dim() != 4:
+        return False
+    if x.device.type == "cpu":
+        return True
+    if x.device.type == "cuda":
+        return amp or x.dtype != torch.float32 or bool(torch.backends.cudnn.allow_tf32)
+    return False
+
+
 class FastViews:
-    """A weak per-model cache of folded copies (no entry outlives its model)."""
+    """A weak per-model cache of folded copies (no entry outlives its model).
+
+    A model keeps one copy per input device, dtype and layout, so that calls that need different
+    copies (``amp=True`` in channels_last next to float32 contiguous on a GPU without TF32) do
+    not rebuild each other's copy on every call. When the model's weights change, every copy of
+    it is stale and dropped at the next call.
+    """
+
+    #: copies kept per model (least recently built dropped first)
+    per_model = 4
 
     def __init__(self) -> None:
-        self._cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module, int]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._cache: weakref.WeakKeyDictionary[
+            nn.Module, dict[tuple, tuple[tuple, nn.Module, int]]
+        ] = weakref.WeakKeyDictionary()
 
     def get(self, model: nn.Module, example: Tensor, channels_last: bool) -> nn.Module:
         """The folded (optionally channels-last) copy of ``model`` for inputs like ``example``."""
         key = _signature(model, example, channels_last)
-        hit = self._cache.get(model)
+        slot, weights = key[:3], key[3:]  # (device, dtype, layout), then the weights' state
+        entries = self._cache.get(model)
+        if entries is None:
+            entries = self._cache[model] = {}
+        hit = entries.get(slot)
         if hit is not None and hit[0] == key:
             return hit[1]
+        for other in [s for s, (k, _, _) in entries.items() if k[3:] != weights]:
+            del entries[other]  # built from weights the model no longer has
         net, count = fold_batchnorm(model, example)
         if channels_last and example.dim() == 4:
             net = net.to(memory_format=torch.channels_last)
-        self._cache[model] = (key, net, count)
+        entries[slot] = (key, net, count)
+        while len(entries) > self.per_model:
+            del entries[next(iter(entries))]
         return net
 
     def forget(self, model: nn.Module | None = None) -> None:
-        """Drop the cached copy of ``model`` (of every model when ``None``)."""
+        """Drop the cached copies of ``model`` (of every model when ``None``)."""
         if model is None:
             self._cache.clear()
         else:
             self._cache.pop(model, None)
 
+    def copies(self, model: nn.Module) -> int:
+        """How many folded copies of ``model`` are cached."""
+        return len(self._cache.get(model, {}))
+
     def folded_count(self, model: nn.Module) -> int:
-        """How many conv -> BN pairs the cached copy of ``model`` folded (0 if none cached)."""
-        hit = self._cache.get(model)
-        return 0 if hit is None else hit[2]
+        """How many conv -> BN pairs the last cached copy of ``model`` folded (0 if none)."""
+        entries = self._cache.get(model)
+        if not entries:
+            return 0
+        return next(reversed(entries.values()))[2]
 
 
 FAST_VIEWS = FastViews()
@@ -221,4 +262,4 @@ def clear_fast_cache(model: nn.Module | None = None) -> None:
     """
     FAST_VIEWS.forget(model)
 
-__all__ = ["FAST_VIEWS", "FastViews", "clear_fast_cache", "fold_batchnorm"]
+__all__ = ["FAST_VIEWS", "FastViews", "clear_fast_cache", "fast_channels_last", "fold_batchnorm"]

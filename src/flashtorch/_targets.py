@@ -15,6 +15,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from ._validate import syncs_allowed
 from .errors import TargetError
 
 Target = Union[None, int, str, Sequence[int | str], Tensor, Callable[[Tensor], Tensor]]
@@ -72,6 +73,9 @@ def target_indices(target: Target, output: Tensor) -> Tensor | None:
     if isinstance(target, Tensor):
         if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
             raise TargetError(f"target tensor must hold integer class indices, got {target.dtype}")
+        if (not syncs_allowed() and target.dtype == torch.long and target.shape == (batch,)
+                and target.device == output.device):
+            return target  # checked on the host before a CUDA-graph replay (flashtorch.graphed)
         values = target.reshape(-1).tolist()
     elif isinstance(target, (int, str)):
         values = [target]

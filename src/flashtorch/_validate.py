@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,9 +36,33 @@ def check_images(inputs: Any, name: str = "inputs") -> Tensor:
             f"{name} must be a floating-point tensor, got {inputs.dtype}; convert with "
             "x.float() (and normalise it as the model expects)"
         )
+    if not syncs_allowed():
+        return inputs  # a CUDA-graph capture: the caller checked the values (flashtorch.graphed)
     if not all_finite(inputs):
         raise InputError(f"{name} contains NaN or infinite values")
     return inputs
+
+
+#: Set while flashtorch.graphed warms up and captures a call: checks that would read a device
+#: value on the host (a synchronisation, illegal in a CUDA-graph capture) are made by the
+#: wrapper before the replay instead. Per thread / task, never process-wide.
+_NO_SYNC: contextvars.ContextVar[bool] = contextvars.ContextVar("flashtorch_no_sync",
+                                                                 default=False)
+
+
+def syncs_allowed() -> bool:
+    """False inside :func:`no_host_sync` (a CUDA-graph warm-up or capture)."""
+    return not _NO_SYNC.get()
+
+
+@contextlib.contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Skip the checks that read device values on the host (see :data:`_NO_SYNC`)."""
+    token = _NO_SYNC.set(True)
+    try:
+        yield
+    finally:
+        _NO_SYNC.reset(token)
 
 
 def all_finite(t: Tensor) -> bool:

@@ -362,6 +362,7 @@ class CAMMethod(AttributionMethod):
 
     single_channel: ClassVar[bool] = True
     needs_layer: ClassVar[bool] = True
+    graph_safe = True
     #: the method needs the gradient of the score with respect to the activation.
     uses_gradients: ClassVar[bool] = True
 

@@ -132,6 +132,7 @@ class ScoreCAM(CAMMethod):
 
     name: ClassVar[str] = "scorecam"
     uses_gradients: ClassVar[bool] = False
+    graph_safe = False  # K / internal_batch_size forward passes: GPU-bound, not launch-bound
 
     def __init__(
         self,

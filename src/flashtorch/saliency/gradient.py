@@ -74,6 +74,7 @@ class Gradient(AttributionMethod):
 
     name = "gradient"
     gradient_based = True
+    graph_safe = True
     rule: Rule | None = None
 
     def compute(self, inputs: Tensor, target: Target) -> MethodOutput:

@@ -1,0 +1,82 @@
+"""flashtorch.graphed on machines without CUDA: what it refuses, and the capture-time switches.
+
+The replays themselves are checked against eager calls in tests/test_cuda.py (needs a GPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flashtorch
+from flashtorch import METHODS
+from flashtorch._targets import target_indices
+from flashtorch._validate import check_images, no_host_sync, syncs_allowed
+from flashtorch.errors import InputError, MethodError
+
+from .conftest import small_cnn
+
+
+@pytest.mark.parametrize("name", ["smoothgrad", "integrated_gradients", "occlusion",
+                                  "scorecam", "vargrad"])
+def test_methods_with_host_loops_or_noise_are_refused(name):
+    with pytest.raises(MethodError, match="cannot be replayed as a CUDA graph.*gradient"):
+        flashtorch.graphed(METHODS[name](small_cnn()))
+
+
+def test_graph_safe_methods_are_the_single_pass_ones():
+    safe = {n for n, cls in METHODS.items() if cls.graph_safe}
+    assert safe == {"gradient", "gradient_x_input", "guided", "deconvnet", "gradcam",
+                    "gradcam_pp", "layercam", "guided_gradcam"}
+
+
+def test_bad_arguments():
+    model = small_cnn()
+    with pytest.raises(MethodError, match="eval_mode=True"):
+        flashtorch.graphed(METHODS["gradient"](model, eval_mode=False))
+    with pytest.raises(MethodError, match="constructed attribution method"):
+        flashtorch.graphed(METHODS["gradient"])  # type: ignore[arg-type]
+    with pytest.raises(MethodError, match="warmup"):
+        flashtorch.graphed(METHODS["gradient"](model), warmup=1)
+    with pytest.raises(MethodError, match="max_graphs"):
+        flashtorch.graphed(METHODS["gradient"](model), max_graphs=0)
+
+
+def test_a_cpu_model_is_refused_at_call_time():
+    g = flashtorch.graphed(METHODS["guided"](small_cnn()))
+    with pytest.raises(MethodError, match=r"model\.cuda\(\)"):
+        g(torch.rand(1, 3, 16, 16))
+    with pytest.raises(InputError):  # inputs are still validated first
+        g(torch.rand(3, 16, 16))
+
+
+def test_fast_layout_on_the_cpu():
+    from flashtorch._fast import fast_channels_last
+
+    assert fast_channels_last(torch.zeros(1, 3, 8, 8))  # oneDNN: channels_last pays
+    assert not fast_channels_last(torch.zeros(1, 8))  # not an image batch
+
+
+def test_no_host_sync_skips_only_the_value_checks():
+    bad = torch.full((1, 3, 4, 4), float("nan"))
+    with pytest.raises(InputError, match="NaN"):
+        check_images(bad)
+    assert syncs_allowed()
+    with no_host_sync():
+        assert not syncs_allowed()
+        assert check_images(bad) is bad  # values are checked by the wrapper, not in capture
+        with pytest.raises(InputError, match="shape"):
+            check_images(bad[0])  # shapes are host facts: still checked
+    assert syncs_allowed()
+
+
+def test_no_host_sync_passes_prepared_index_tensors_through():
+    output = torch.zeros(2, 5)
+    ready = torch.tensor([1, 4])
+    with no_host_sync():
+        assert target_indices(ready, output) is ready
+        # anything that still needs converting takes the checked path
+        assert target_indices(ready.int(), output).tolist() == [1, 4]
+        with pytest.raises(flashtorch.errors.TargetError, match="out of range"):
+            target_indices(torch.tensor([1, 9], dtype=torch.int32), output)
+    assert target_indices(ready, output) is not ready  # outside a capture: always checked
