@@ -225,13 +225,39 @@ def test_internal_batch_size_does_not_change_the_result(net, x, rule):
                                    rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("rule", "extra"), [("gausslegendre", 2 * 3), ("riemann_left", 3)])
+@pytest.mark.parametrize(("rule", "extra"), [("gausslegendre", 3 + 1), ("riemann_left", 3)])
 def test_peak_batch_is_the_internal_batch_not_steps(net, x, rule, extra):
     with BatchSpy(net) as spy:
         IntegratedGradients(net, steps=20, rule=rule, internal_batch_size=8)(x)
     assert max(spy.sizes) == 8
-    # 20 path points per image, plus one clean pass ([x; x'] unless the path visits x')
+    # 20 path points per image, plus one clean pass ([x; x'] unless the path visits x'; the
+    # zero baseline, the same for every image, is one row)
     assert sum(spy.sizes) == 20 * 3 + extra
+
+
+@pytest.mark.parametrize(("baseline", "rows"), [
+    ("zero", 1), ("black", 1), (0.5, 1), (torch.full((3, 1, 1), 0.2), 1),
+    ("blur", 3), ("uniform", 3), (torch.rand(3, 3, 10, 10), 3),
+])
+def test_a_baseline_shared_by_every_image_runs_once(net, x, baseline, rows):
+    ig = IntegratedGradients(net, steps=4, baseline=baseline, internal_batch_size=64)
+    with BatchSpy(net) as spy:
+        got = ig(x, [0, 1, 2])
+    assert spy.sizes[0] == 3 + rows  # the clean pass: the images, then the baselines
+    # the same scores and delta as running every image's baseline (in train mode rows could
+    # depend on each other, so eval_mode=False runs them all)
+    full = IntegratedGradients(net, steps=4, baseline=baseline, internal_batch_size=64)
+    full.shared_baseline = lambda: False  # type: ignore[method-assign]
+    want = full(x, [0, 1, 2])
+    torch.testing.assert_close(got.extras["baseline_scores"], want.extras["baseline_scores"])
+    torch.testing.assert_close(got.extras["delta"], want.extras["delta"])
+    torch.testing.assert_close(got.maps, want.maps)
+
+
+def test_train_mode_runs_every_baseline(net, x):
+    with BatchSpy(net) as spy:
+        IntegratedGradients(net, steps=4, eval_mode=False, internal_batch_size=64)(x, 1)
+    assert spy.sizes[0] == 2 * 3  # rows may depend on each other (BatchNorm in train mode)
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._surgery import model_device, preserved_state
-from ._targets import Target, target_indices
+from ._targets import CheckedIndices, Target, target_indices
 from ._validate import check_images, no_host_sync
 from .attribution import Attribution, AttributionMethod
 from .errors import MethodError, TargetError
@@ -206,14 +206,16 @@ class GraphedMethod:
         method = self.method
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
+        # the target buffer as indices already checked: resolved without reading it
+        target = None if static_t is None else CheckedIndices(static_t)
         with no_host_sync(), torch.cuda.stream(side):
             for i in range(self.warmup):
                 if i < self.warmup - 1:
-                    method(static_x, static_t)
+                    method(static_x, target)
                     continue
                 try:
                     with _syncs_raise():
-                        method(static_x, static_t)
+                        method(static_x, target)
                 except RuntimeError as exc:
                     if "synchroniz" not in str(exc):
                         raise
@@ -224,7 +226,7 @@ class GraphedMethod:
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with no_host_sync(), torch.cuda.graph(graph):
-            out = method(static_x, static_t)
+            out = method(static_x, target)
         self.captures += 1
         return _Captured(graph, static_x, static_t, out, weights)
 

@@ -15,10 +15,29 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from ._validate import syncs_allowed
 from .errors import TargetError
 
-Target = Union[None, int, str, Sequence[int | str], Tensor, Callable[[Tensor], Tensor]]
+Target = Union[
+    None, int, str, Sequence[int | str], Tensor, Callable[[Tensor], Tensor], "CheckedIndices"
+]
+
+
+@dataclass(frozen=True)
+class CheckedIndices:
+    """Class indices prepared before the forward pass: a ``(B,)`` long tensor on the device.
+
+    Made by :func:`prepare_target` (from an int, a sequence of ints or an integer tensor, with
+    ``high`` their largest value, checked against the number of classes on the host once the
+    output's shape is known) or from indices already checked (``high=None``). Resolving them
+    reads no device value on the host: no synchronisation in the middle of a GPU call.
+    """
+
+    indices: Tensor
+    high: int | None = None
+
+    def rows(self, rows: Tensor) -> CheckedIndices:
+        """The indices of some rows (``rows`` indexes the batch)."""
+        return CheckedIndices(self.indices[rows], self.high)
 
 
 @dataclass(frozen=True)
@@ -68,14 +87,23 @@ def target_indices(target: Target, output: Tensor) -> Tensor | None:
     batch, num_classes = output.shape
     if target is None:
         return output.detach().argmax(1)
+    if isinstance(target, CheckedIndices):
+        if target.high is not None and target.high >= num_classes:
+            raise TargetError(
+                f"target class {target.high} is out of range: the model has {num_classes} "
+                f"classes (valid: 0..{num_classes - 1})"
+            )
+        if target.indices.shape != (batch,):
+            raise TargetError(
+                f"got {target.indices.numel()} targets for a batch of {batch}; give one target "
+                "for all samples or one per sample"
+            )
+        return target.indices.to(output.device)
     if isinstance(target, bool):
         raise TargetError(f"target must be a class index or name, got {target!r}")
     if isinstance(target, Tensor):
         if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
             raise TargetError(f"target tensor must hold integer class indices, got {target.dtype}")
-        if (not syncs_allowed() and target.dtype == torch.long and target.shape == (batch,)
-                and target.device == output.device):
-            return target  # checked on the host before a CUDA-graph replay (flashtorch.graphed)
         values = target.reshape(-1).tolist()
     elif isinstance(target, (int, str)):
         values = [target]
@@ -113,6 +141,39 @@ def target_indices(target: Target, output: Tensor) -> Tensor | None:
     return torch.tensor(indices, dtype=torch.long, device=output.device)
 
 
+def prepare_target(target: Target, batch: int, device: torch.device) -> Target:
+    """Turn class indices into :class:`CheckedIndices` on ``device`` before the forward pass.
+
+    An int, a sequence of ints or an integer tensor (one value, or one per sample, none
+    negative) becomes a device tensor now, while the device is idle, instead of after the
+    forward pass, where reading a CUDA tensor's values or copying a list to the GPU would wait
+    for the forward pass to finish. Anything else (``None``, names, callables, invalid values)
+    is returned as it is, for :func:`target_indices` to resolve or reject with its messages.
+    """
+    if isinstance(target, CheckedIndices) or target is None:
+        return target
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            return target
+        values = target.reshape(-1).tolist()  # one read at the start of the call
+    elif isinstance(target, bool):
+        return target
+    elif isinstance(target, int):
+        values = [target]
+    elif isinstance(target, Sequence) and not isinstance(target, str):
+        values = list(target)
+    else:
+        return target
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        return target
+    if len(values) == 1:
+        values = values * batch
+    if len(values) != batch:
+        return target
+    indices = torch.tensor(values, dtype=torch.long, device=device)
+    return CheckedIndices(indices, max(values))
+
+
 def resolve(target: Target, output: Tensor) -> Resolved:
     """Select the score to explain for every sample.
 
@@ -133,4 +194,4 @@ def resolve(target: Target, output: Tensor) -> Resolved:
     return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)
 
 
-__all__ = ["Target", "Resolved", "resolve", "target_indices"]
+__all__ = ["CheckedIndices", "Resolved", "Target", "prepare_target", "resolve", "target_indices"]

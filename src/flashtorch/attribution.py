@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._surgery import model_device, preserved_state
-from ._targets import Target, resolve
+from ._targets import Target, prepare_target, resolve
 from ._validate import check_images, syncs_allowed
 from .errors import MethodError
 
@@ -184,6 +184,7 @@ class AttributionMethod(abc.ABC):
         x = check_images(inputs)
         device = model_device(self.model)
         x = x.detach().to(device)
+        target = prepare_target(target, x.shape[0], device)
         net = self.model
         if self.fast:
             # channels_last where it is faster: the CPU, and CUDA with tensor cores

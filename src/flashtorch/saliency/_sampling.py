@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._targets import Target, resolve
+from .._targets import CheckedIndices, Target, resolve
 from ..errors import InputError, MethodError, TargetError
 
 #: internal batch used when ``internal_batch_size=None``: the caller's batch, at least this.
@@ -110,7 +110,7 @@ def explained_scores(target: Target, output: Tensor) -> tuple[Tensor, Tensor | N
 
 def row_target(target: Target, indices: Tensor | None, rows: Tensor) -> Target:
     """The target for a chunk of expanded rows: the fixed class indices, or the callable."""
-    return target if indices is None else indices[rows]
+    return target if indices is None else CheckedIndices(indices[rows])
 
 
 def needs_clean_pass(target: Target) -> bool:
@@ -135,6 +135,8 @@ def rows_of_target(target: Target, batch: int, start: int, stop: int) -> Target:
         raise ValueError("target=None needs the clean forward pass")
     if callable(target) and not isinstance(target, Tensor):
         return target
+    if isinstance(target, CheckedIndices):  # one per image, on the device (prepare_target)
+        return target.rows(torch.arange(start, stop, device=target.indices.device) % batch)
     flat: Tensor | list[Any]
     if isinstance(target, Tensor):
         flat = target.reshape(-1)

@@ -157,9 +157,9 @@ class Occlusion(AttributionMethod):
                 f"({height}, {width}); use a smaller window"
             )
         size = chunk_size(self.internal_batch_size, batch)
+        fill = self.fill_images(x)  # (checked before the forward pass: no read mid-call)
         output = clean_forward(self.model, x, size)
         scores, indices = explained_scores(target, output)
-        fill = self.fill_images(x)
 
         tops = torch.tensor(window_starts(height, wh, sh), device=x.device)
         lefts = torch.tensor(window_starts(width, ww, sw), device=x.device)

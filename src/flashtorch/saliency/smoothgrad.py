@@ -250,12 +250,13 @@ class SmoothGrad(AttributionMethod):
             img = rows % batch
             noisy = x[img] + stream.rows(start, stop)
             row_targets = (
-                row_target(target, indices, img) if clean
+                # indices known: the clean pass, or every image already met
+                row_target(target, indices, img) if clean or start >= batch
                 else rows_of_target(target, batch, start, stop)
             )
             res = self.base.compute(noisy, row_targets)
             maps = res.maps.detach()
-            if not clean and res.targets is not None:
+            if not clean and res.targets is not None and start < batch:
                 if indices is None:
                     indices = res.targets.new_zeros(batch)
                 indices[img] = res.targets
@@ -266,9 +267,9 @@ class SmoothGrad(AttributionMethod):
                 shift = maps.new_zeros(shape)
             assert acc_sq is not None and shift is not None
             if self.variant == "vargrad":
-                first = rows < batch
-                if bool(first.any()):
-                    shift.index_copy_(0, img[first], maps[first])
+                if start < batch:  # the first sample of some images (known on the host)
+                    first = min(stop, batch) - start
+                    shift[start:start + first] = maps[:first]
                 maps = maps - shift[img]
             if self.variant != "squared":
                 acc.index_add_(0, img, maps)
