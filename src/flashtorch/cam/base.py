@@ -243,9 +243,28 @@ _DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = (
 
 
 def _memo_key(model: nn.Module, inputs: Tensor) -> tuple:
-    """What the default layer depends on: the module tree, the mode, the input's shape."""
-    tree = tuple((name, id(m), m.training) for name, m in model.named_modules())
-    return tree, tuple(inputs.shape[1:])
+    """What the default layer depends on: the module tree, the mode, the input's shape.
+
+    One flat tuple from one iterative walk (every module's identity and mode, and the names
+    of its children), since it runs on every call: ``named_modules()`` would build every
+    dotted name (0.3-0.6 ms a call on EfficientNet-Lite0).
+    """
+    key: list[Any] = [tuple(inputs.shape[1:])]
+    add = key.append
+    stack = [model]
+    seen: set[int] = set()
+    while stack:
+        m = stack.pop()
+        add(id(m))
+        if id(m) in seen:  # a shared module: its subtree is in the key already
+            continue
+        seen.add(id(m))
+        add(m.training)
+        for name, child in m._modules.items():
+            if child is not None:
+                add(name)
+                stack.append(child)
+    return tuple(key)
 
 
 def default_layer(model: nn.Module, inputs: Tensor) -> str:
