@@ -146,6 +146,26 @@ def test_fast_layout_follows_tensor_cores(on_cuda):
         torch.backends.cudnn.allow_tf32 = False
 
 
+@pytest.mark.parametrize("name", ["gradient", "guided", "gradcam", "guided_gradcam",
+                                  "integrated_gradients", "smoothgrad", "occlusion"])
+def test_no_synchronisation_once_the_forward_pass_starts(on_cuda, name):
+    """CUDA's own check of tests/test_sync_free.py: sync debug mode "error" from the first
+    forward call on (a target tensor is read at the start of the call, before it)."""
+    model, x, target = on_cuda
+    method = METHODS[name](model, **OPTIONS.get(name, {}))
+    method(x, target=target)  # warm-up (a default CAM layer is looked for once)
+
+    def strict(*_: object) -> None:
+        torch.cuda.set_sync_debug_mode("error")
+
+    handle = model.register_forward_pre_hook(strict)
+    try:
+        method(x, target=target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        handle.remove()
+
+
 def test_state_restored_after_an_error_on_cuda(on_cuda):
     model, x, _ = on_cuda
     model.train()

@@ -18,9 +18,10 @@ from flashtorch.saliency.gradient import input_gradients
 
 from .conftest import small_cnn
 
-#: tensor functions that hand a device value to the host
+#: tensor functions that hand a device value to the host, or (``tensor``, ``as_tensor``) copy
+#: host data to the device, which on a GPU also waits for the queued work
 READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero",
-         "masked_select"}
+         "masked_select", "tensor", "as_tensor"}
 
 
 class HostReads(TorchFunctionMode):
@@ -69,19 +70,33 @@ CASES = [
 ]
 
 
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("target", [torch.tensor([1, 3, 0]), [1, 3, 0], 2, None],
                          ids=["tensor", "list", "int", "predicted"])
 @pytest.mark.parametrize(("name", "options"), CASES, ids=[f"{n}{i}" for i, (n, _) in
                                                           enumerate(CASES)])
-def test_no_host_read_after_the_forward_pass_starts(name, options, target):
-    model = small_cnn()
+def test_no_host_read_after_the_forward_pass_starts(name, options, target, device):
+    model = small_cnn().to(device)
     method = METHODS[name](model, **options)
-    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(device)
+    if isinstance(target, torch.Tensor):
+        target = target.to(device)
     method(x, target=target)  # a first call may look for the CAM layer
     with HostReads(model) as spy:
         out = method(x, target=target)
     assert spy.reads == [], f"{name} read device values mid-call: {spy.reads}"
     assert torch.isfinite(out.maps).all()
+
+
+def test_the_spy_sees_a_host_to_device_copy():
+    model = small_cnn()
+    with HostReads(model) as spy:
+        model(torch.rand(1, 3, 16, 16))
+        torch.tensor([1, 2])
+    assert spy.reads == ["tensor"]
 
 
 def test_the_spy_sees_a_read():

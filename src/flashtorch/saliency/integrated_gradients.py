@@ -186,6 +186,7 @@ class IntegratedGradients(AttributionMethod):
         amp: bool = False,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
+        self._node_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.clean_pass = bool(clean_pass)
         self.alphas, self.weights = quadrature(rule, steps)
         self.rule = _ALIASES.get(rule, rule)
@@ -238,6 +239,19 @@ class IntegratedGradients(AttributionMethod):
             return lo + (hi - lo) * rand_like(x, make_generator(self.seed, x.device))
         return broadcast_reference(b, x, "baseline")
 
+    def _nodes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The quadrature nodes and weights on ``x``'s device, kept per device and dtype.
+
+        (A copy from the host in every call would, under SmoothGrad, wait for the GPU mid-call.)
+        """
+        key = (x.device, x.dtype)
+        cache = self._node_cache
+        if key not in cache:
+            # cast on the host: some devices (MPS) have no float64
+            cache[key] = (torch.as_tensor(self.alphas, dtype=x.dtype).to(x.device),
+                          torch.as_tensor(self.weights, dtype=x.dtype).to(x.device))
+        return cache[key]
+
     def shared_baseline(self) -> bool:
         """Whether every image has the same baseline.
 
@@ -258,9 +272,7 @@ class IntegratedGradients(AttributionMethod):
         base = self.baselines(x)
         diff = x - base
 
-        # cast on the host: some devices (MPS) have no float64
-        alphas = torch.as_tensor(self.alphas, dtype=x.dtype).to(x.device)
-        weights = torch.as_tensor(self.weights, dtype=x.dtype).to(x.device)
+        alphas, weights = self._nodes(x)
         zero_node = np.flatnonzero(self.alphas == 0.0)
         one_node = np.flatnonzero(self.alphas == 1.0)
         clean = self.clean_pass or needs_clean_pass(target)

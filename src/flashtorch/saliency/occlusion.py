@@ -157,12 +157,13 @@ class Occlusion(AttributionMethod):
                 f"({height}, {width}); use a smaller window"
             )
         size = chunk_size(self.internal_batch_size, batch)
-        fill = self.fill_images(x)  # (checked before the forward pass: no read mid-call)
-        output = clean_forward(self.model, x, size)
-        scores, indices = explained_scores(target, output)
-
+        # host values go to the device before the forward pass (a copy or a check after it
+        # would wait for the GPU to finish it)
+        fill = self.fill_images(x)
         tops = torch.tensor(window_starts(height, wh, sh), device=x.device)
         lefts = torch.tensor(window_starts(width, ww, sw), device=x.device)
+        output = clean_forward(self.model, x, size)
+        scores, indices = explained_scores(target, output)
         top = tops.repeat_interleave(len(lefts))  # window p = (p // n_w, p % n_w)
         left = lefts.repeat(len(tops))
         iy = torch.arange(height, device=x.device).view(1, 1, -1, 1)
