@@ -62,8 +62,8 @@ keep='^(  [a-z]|    [a-z!(]|FAIL|PASS|SKIP|wrote|torch )'
 # 1. The CUDA tests (skipped on the CPU machines): maps on CUDA equal the CPU ones.
 echo "== tests" >> "$LOG"
 timeout 120 $PY -m pytest -q -p no:cacheprovider -rs "${tests[@]}" tests/test_cuda.py \
-    tests/test_graphs.py tests/test_cam.py tests/test_saliency.py tests/test_activmax_api.py \
-    tests/test_cli.py >> "$LOG" 2>&1
+    tests/test_graphs.py tests/test_sync_free.py tests/test_cam.py tests/test_saliency.py \
+    tests/test_activmax_api.py tests/test_cli.py >> "$LOG" 2>&1
 echo "tests: $(tail -1 "$LOG")"
 
 # 2. The benchmark: every method, resnet50 and EfficientNet-Lite0, against the limits and
