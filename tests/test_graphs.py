@@ -97,3 +97,36 @@ def test_prepare_target_makes_device_indices_before_the_forward(target):
                                     lambda out: out[:, 0], []])
 def test_prepare_target_leaves_the_rest_to_the_checked_path(target):
     assert prepare_target(target, 2, torch.device("cpu")) is target
+
+
+def test_targets_are_checked_on_the_host_before_a_replay():
+    # GraphedMethod._indices runs before any replay; it needs no GPU to be checked
+    g = flashtorch.graphed(METHODS["gradient"](small_cnn(classes=5)))
+    x = torch.rand(3, 3, 16, 16)
+    assert g._indices(None, x) is None
+    assert g._indices(torch.tensor([4, 0, 2]), x).tolist() == [4, 0, 2]
+    assert g._indices(torch.tensor([3]), x).tolist() == [3, 3, 3]  # one for all
+    assert g._indices([1, 2, 3], x).tolist() == [1, 2, 3]
+    assert g._indices(2, x).tolist() == [2, 2, 2]
+    with pytest.raises(TargetError, match="class 5 is out of range.*5 classes"):
+        g._indices(torch.tensor([0, 5, 1]), x)
+    with pytest.raises(TargetError, match="class -1 is out of range"):
+        g._indices(torch.tensor([0, -1, 1]), x)
+    with pytest.raises(TargetError, match="out of range"):
+        g._indices([0, 7, 1], x)
+    with pytest.raises(TargetError, match="2 targets for a batch of 3"):
+        g._indices([0, 1], x)
+    with pytest.raises(TargetError, match="callable"):
+        g._indices(lambda out: out[:, 0], x)
+
+
+def test_new_weight_storage_changes_the_capture_key_in_place_updates_do_not():
+    from flashtorch._graphs import _storage_key
+
+    model = small_cnn()
+    key = _storage_key(model)
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)  # in place: the captured kernels read the new values
+    assert _storage_key(model) == key
+    model.double()  # new storage: the graph would read freed memory, so it is captured again
+    assert _storage_key(model) != key

@@ -176,7 +176,20 @@ class GraphedMethod:
             )
         if self._classes is None:
             self._classes = self._probe_classes(x)
-        template = torch.empty((x.shape[0], self._classes), device=x.device)
+        batch = x.shape[0]
+        if (isinstance(target, Tensor) and target.device == x.device
+                and target.dtype in (torch.long, torch.int32, torch.int64)
+                and target.numel() in (1, batch)):
+            # indices already on the GPU: one read of their range, no copy from the host
+            lo, hi = torch.stack(list(torch.aminmax(target))).tolist()
+            if lo < 0 or hi >= self._classes:
+                bad = lo if lo < 0 else hi
+                raise TargetError(
+                    f"target class {bad} is out of range: the model has {self._classes} "
+                    f"classes (valid: 0..{self._classes - 1})"
+                )
+            return target.reshape(-1).long().expand(batch)
+        template = torch.empty((batch, self._classes), device=x.device)
         indices = target_indices(target, template)
         assert indices is not None
         return indices
@@ -197,7 +210,7 @@ class GraphedMethod:
         method = self.method
         if method.fast:
             return FAST_VIEWS.get(method.model, x, fast_channels_last(x, method.amp))
-        return tuple(t.data_ptr() for t in _tensors(method.model))
+        return _storage_key(method.model)
 
     def _capture(self, x: Tensor, indices: Tensor | None, weights: Any) -> _Captured:
         device = x.device
@@ -238,9 +251,27 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or (isinstance(a, tuple) and isinstance(b, tuple) and a == b)
 
 
-def _tensors(model: nn.Module) -> Iterator[Tensor]:
-    yield from model.parameters()
-    yield from model.buffers()
+def _storage_key(model: nn.Module) -> tuple:
+    """Every parameter's and buffer's identity and storage address, from one iterative walk.
+
+    (``model.parameters()`` builds every dotted name: 2.4x slower on resnet50.)
+    """
+    key: list[Any] = []
+    add = key.append
+    stack = [model]
+    seen: set[int] = set()
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for tensors in (module._parameters, module._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    add(id(t))
+                    add(t.data_ptr())
+        stack.extend(c for c in module._modules.values() if c is not None)
+    return tuple(key)
 
 
 def _graph_safe_names() -> list[str]:
