@@ -160,10 +160,11 @@ def test_no_synchronisation_once_the_forward_pass_starts(on_cuda, name):
 
     handle = model.register_forward_pre_hook(strict)
     try:
-        method(x, target=target)
+        out = method(x, target=target)  # raises on a synchronising call
     finally:
         torch.cuda.set_sync_debug_mode("default")
         handle.remove()
+    assert out.maps.device.type == "cuda" and torch.isfinite(out.maps).all()
 
 
 def test_state_restored_after_an_error_on_cuda(on_cuda):

@@ -158,7 +158,16 @@ def _signature(model: nn.Module, example: Tensor, channels_last: bool) -> tuple:
     address (a new one after ``.to()``, ``.half()`` or ``.data = ...``): any change rebuilds
     the copy. One flat tuple from one iterative walk, since it runs on every call.
     """
-    key: list[Any] = [example.device, example.dtype, channels_last]
+    return (example.device, example.dtype, channels_last, *tensor_key(model))
+
+
+def tensor_key(model: nn.Module, versions: bool = True) -> list[Any]:
+    """Every parameter's and buffer's identity, version (if ``versions``) and storage address.
+
+    Flat, from one iterative walk (``model.parameters()`` would build every dotted name: 2.4x
+    slower on resnet50).
+    """
+    key: list[Any] = []
     add = key.append
     stack = [model]
     seen: set[int] = set()
@@ -171,10 +180,11 @@ def _signature(model: nn.Module, example: Tensor, channels_last: bool) -> tuple:
             for t in tensors.values():
                 if t is not None:
                     add(id(t))
-                    add(t._version)
+                    if versions:
+                        add(t._version)
                     add(t.data_ptr())
         stack.extend(c for c in module._modules.values() if c is not None)
-    return tuple(key)
+    return key
 
 
 def fast_channels_last(x: Tensor, amp: bool = False) -> bool:

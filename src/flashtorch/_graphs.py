@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._fast import FAST_VIEWS, fast_channels_last
+from ._fast import FAST_VIEWS, fast_channels_last, tensor_key
 from ._surgery import model_device, preserved_state
 from ._targets import CheckedIndices, Target, target_indices
 from ._validate import check_images, no_host_sync
@@ -252,26 +252,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _storage_key(model: nn.Module) -> tuple:
-    """Every parameter's and buffer's identity and storage address, from one iterative walk.
+    """Every parameter's and buffer's identity and storage address.
 
-    (``model.parameters()`` builds every dotted name: 2.4x slower on resnet50.)
+    Not its version: the captured kernels read in-place updates as they are.
     """
-    key: list[Any] = []
-    add = key.append
-    stack = [model]
-    seen: set[int] = set()
-    while stack:
-        module = stack.pop()
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        for tensors in (module._parameters, module._buffers):
-            for t in tensors.values():
-                if t is not None:
-                    add(id(t))
-                    add(t.data_ptr())
-        stack.extend(c for c in module._modules.values() if c is not None)
-    return tuple(key)
+    return tuple(tensor_key(model, versions=False))
 
 
 def _graph_safe_names() -> list[str]:
