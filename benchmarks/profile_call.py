@@ -24,7 +24,7 @@ import torchvision
 
 import flashtorch
 from flashtorch import METHODS
-from flashtorch._fast import _signature
+from flashtorch._fast import ModelState
 from flashtorch._surgery import preserved_state
 from flashtorch._validate import check_images
 
@@ -91,13 +91,15 @@ def main() -> None:
     for k, v in median_ms(fns, device, a.rounds).items():
         print(f"{k:<36} {v:8.3f} ms")
 
+    state = ModelState(model)
+
     def guard() -> None:
         with preserved_state(model, eval_mode=True):
             pass
 
     pieces = {
         "preserved_state enter+exit": guard,
-        "fast-copy key (_signature)": lambda: _signature(model, x, True),
+        "fast-copy check (ModelState.matches)": lambda: state.matches(model),
         "check_images (finite check: one sync)": lambda: check_images(x),
     }
     print("\n# host-side pieces of a call")

@@ -91,6 +91,58 @@ def test_cache_is_rebuilt_when_weights_change(tiny_cnn):
     assert torch.allclose(second(x), tiny_cnn(x))
 
 
+def _with_bn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    return _randomise_bn(model)
+
+
+def _replace_param(m):
+    m[4].weight = nn.Parameter(m[4].weight.detach() * 2)
+
+
+def _replace_layer(m):
+    m[4] = nn.Linear(4 * 8 * 8, 3)
+
+
+def _add_layer(m):
+    m.append(nn.Tanh())
+
+
+def _drop_buffer(m):
+    m[1].running_mean = torch.full_like(m[1].running_mean, 0.3)  # a new buffer object
+
+
+def _swap_param_dict(m):
+    m[4]._parameters = dict(m[4]._parameters)  # same tensors, another dict object
+    m[4].bias = nn.Parameter(m[4].bias.detach() + 1)
+
+
+def _in_place(m):
+    with torch.no_grad():
+        m[0].weight.mul_(-1)
+
+
+def _new_storage(m):
+    m.double().float()
+
+
+@pytest.mark.parametrize("change", [_replace_param, _replace_layer, _add_layer, _drop_buffer,
+                                    _swap_param_dict, _in_place, _new_storage])
+def test_every_kind_of_model_change_rebuilds_the_copy(change):
+    model = _with_bn()
+    views = FastViews()
+    x = torch.randn(2, 3, 8, 8)
+    first = views.get(model, x, channels_last=False)
+    assert views.get(model, x, channels_last=False) is first  # nothing changed: cached
+    change(model)
+    fresh = views.get(model, x, channels_last=False)
+    assert fresh is not first
+    torch.testing.assert_close(fresh(x), model(x), rtol=1e-4, atol=1e-5)
+    assert views.get(model, x, channels_last=False) is fresh
+
+
 def test_one_copy_per_layout_and_no_rebuild_when_alternating(tiny_cnn):
     # amp (channels_last) next to float32 (contiguous) on a GPU without TF32: before, each call
     # rebuilt the other's copy (measured on an H200: guided fast 76 ms instead of 10 ms)

@@ -120,13 +120,19 @@ def test_targets_are_checked_on_the_host_before_a_replay():
         g._indices(lambda out: out[:, 0], x)
 
 
-def test_new_weight_storage_changes_the_capture_key_in_place_updates_do_not():
-    from flashtorch._graphs import _storage_key
+def test_what_makes_a_graph_stale():
+    from flashtorch._fast import ModelState
 
     model = small_cnn()
-    key = _storage_key(model)
+    state = ModelState(model, versions=False)  # what an exact-mode capture depends on
+    values = ModelState(model)  # what a folded copy depends on
     with torch.no_grad():
         model[0].weight.mul_(2.0)  # in place: the captured kernels read the new values
-    assert _storage_key(model) == key
+    assert state.matches(model)
+    assert not values.matches(model)  # but a folded copy holds the old values
+    model[3] = torch.nn.GELU()  # a parameter-free layer swapped: the graph ran the old one
+    assert not state.matches(model)
+    state = ModelState(model, versions=False)
     model.double()  # new storage: the graph would read freed memory, so it is captured again
-    assert _storage_key(model) != key
+    assert not state.matches(model)
+    assert not ModelState(small_cnn(), versions=False).matches(model)  # another model

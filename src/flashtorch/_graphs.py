@@ -12,7 +12,8 @@ captured input buffers and replays. What a replay cannot notice is checked befor
 * the inputs are validated as usual (shape, dtype, finite values) and the target on the host;
 * exact mode reads the model's own parameters: in-place updates (an optimizer step,
   ``load_state_dict``) are seen by the next replay; new storage (``.to()``, ``.half()``,
-  ``p.data = ...``) is noticed by its address and the call is captured again;
+  ``p.data = ...``) or a changed module tree (a layer replaced, added or removed) is noticed
+  (:class:`~flashtorch._fast.ModelState`) and the call is captured again;
 * ``fast=True`` replays the BatchNorm-folded copy; when its cache key changes (any weight
   update, see :mod:`flashtorch._fast`) the copy is rebuilt and the call captured again.
 
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._fast import FAST_VIEWS, fast_channels_last, tensor_key
+from ._fast import FAST_VIEWS, ModelState, fast_channels_last
 from ._surgery import model_device, preserved_state
 from ._targets import CheckedIndices, Target, target_indices
 from ._validate import check_images, no_host_sync
@@ -132,13 +133,12 @@ class GraphedMethod:
             )
         x = x.detach().to(device)
         indices = self._indices(target, x)
-        weights = self._weights(x)
         key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
                indices is None)
         cap = self._graphs.get(key)
-        if cap is None or not _same(cap.weights, weights):
+        if cap is None or not self._still_valid(cap, x):
             self._graphs.pop(key, None)
-            cap = self._capture(x, indices, weights)
+            cap = self._capture(x, indices, self._weights(x))
             self._graphs[key] = cap
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
@@ -206,11 +206,21 @@ class GraphedMethod:
         return int(output.shape[1])
 
     def _weights(self, x: Tensor) -> Any:
-        """What the captured kernels read: the folded copy (fast) or the parameters' storage."""
+        """What the captured kernels read.
+
+        The folded copy (fast), or the model's structure and parameter storage (exact; not
+        their versions: a replay reads in-place updates).
+        """
         method = self.method
         if method.fast:
             return FAST_VIEWS.get(method.model, x, fast_channels_last(x, method.amp))
-        return _storage_key(method.model)
+        return ModelState(method.model, versions=False)
+
+    def _still_valid(self, cap: _Captured, x: Tensor) -> bool:
+        method = self.method
+        if method.fast:  # rebuilt by the cache when the model changed: a new object
+            return self._weights(x) is cap.weights
+        return bool(cap.weights.matches(method.model))
 
     def _capture(self, x: Tensor, indices: Tensor | None, weights: Any) -> _Captured:
         device = x.device
@@ -245,18 +255,6 @@ class GraphedMethod:
 
     def __repr__(self) -> str:
         return f"graphed({self.method!r})"
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a is b or (isinstance(a, tuple) and isinstance(b, tuple) and a == b)
-
-
-def _storage_key(model: nn.Module) -> tuple:
-    """Every parameter's and buffer's identity and storage address.
-
-    Not its version: the captured kernels read in-place updates as they are.
-    """
-    return tuple(tensor_key(model, versions=False))
 
 
 def _graph_safe_names() -> list[str]:
