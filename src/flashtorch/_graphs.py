@@ -132,16 +132,20 @@ class GraphedMethod:
                 "(model.cuda()) or call the method directly"
             )
         x = x.detach().to(device)
-        indices = self._indices(target, x)
         key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
-               indices is None)
+               target is None)
         cap = self._graphs.get(key)
-        if cap is None or not self._still_valid(cap, x):
+        stale = cap is None or not self._still_valid(cap, x)
+        if stale:
+            self._classes = None  # the model may have a new head: learn its width again
+        indices = self._indices(target, x)
+        if stale:
             self._graphs.pop(key, None)
             cap = self._capture(x, indices, self._weights(x))
             self._graphs[key] = cap
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
+        assert cap is not None
         self._graphs.move_to_end(key)
         cap.inputs.copy_(x)
         if indices is not None:
