@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ._fast import FAST_VIEWS, ModelState, fast_channels_last
 from ._surgery import model_device, preserved_state
-from ._targets import CheckedIndices, Target, target_indices
+from ._targets import CheckedIndices, Target, class_out_of_range, target_indices
 from ._validate import check_images, no_host_sync
 from .attribution import Attribution, AttributionMethod
 from .errors import MethodError, TargetError
@@ -158,14 +158,12 @@ class GraphedMethod:
         def take(t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
-            return t.clone() if home == t.device else t.to(home)
+            return t.to(home, copy=True)  # the next replay overwrites the static outputs
 
-        maps = take(out.maps)
-        assert maps is not None
-        return Attribution(maps=maps, method=out.method, targets=take(out.targets),
-                           predicted=take(out.predicted), scores=take(out.scores),
-                           extras={k: v.clone() if home == v.device else v.to(home)
-                                   for k, v in out.extras.items()})
+        return Attribution(maps=out.maps.to(home, copy=True), method=out.method,
+                           targets=take(out.targets), predicted=take(out.predicted),
+                           scores=take(out.scores),
+                           extras={k: v.to(home, copy=True) for k, v in out.extras.items()})
 
     # ----------------------------------------------------------------------------------------
 
@@ -182,16 +180,12 @@ class GraphedMethod:
             self._classes = self._probe_classes(x)
         batch = x.shape[0]
         if (isinstance(target, Tensor) and target.device == x.device
-                and target.dtype in (torch.long, torch.int32, torch.int64)
+                and target.dtype in (torch.int64, torch.int32)
                 and target.numel() in (1, batch)):
             # indices already on the GPU: one read of their range, no copy from the host
             lo, hi = torch.stack(list(torch.aminmax(target))).tolist()
             if lo < 0 or hi >= self._classes:
-                bad = lo if lo < 0 else hi
-                raise TargetError(
-                    f"target class {bad} is out of range: the model has {self._classes} "
-                    f"classes (valid: 0..{self._classes - 1})"
-                )
+                raise class_out_of_range(lo if lo < 0 else hi, self._classes)
             return target.reshape(-1).long().expand(batch)
         template = torch.empty((batch, self._classes), device=x.device)
         indices = target_indices(target, template)

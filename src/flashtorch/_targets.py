@@ -53,6 +53,14 @@ class Resolved:
     indices: Tensor | None
 
 
+def class_out_of_range(value: int, num_classes: int) -> TargetError:
+    """The error for a class index outside ``0..num_classes - 1``."""
+    return TargetError(
+        f"target class {value} is out of range: the model has {num_classes} classes "
+        f"(valid: 0..{num_classes - 1})"
+    )
+
+
 def _name_to_index(name: str, num_classes: int) -> int:
     if num_classes != 1000:
         raise TargetError(
@@ -89,10 +97,7 @@ def target_indices(target: Target, output: Tensor) -> Tensor | None:
         return output.detach().argmax(1)
     if isinstance(target, CheckedIndices):
         if target.high is not None and target.high >= num_classes:
-            raise TargetError(
-                f"target class {target.high} is out of range: the model has {num_classes} "
-                f"classes (valid: 0..{num_classes - 1})"
-            )
+            raise class_out_of_range(target.high, num_classes)
         if target.indices.shape != (batch,):
             raise TargetError(
                 f"got {target.indices.numel()} targets for a batch of {batch}; give one target "
@@ -126,10 +131,7 @@ def target_indices(target: Target, output: Tensor) -> Tensor | None:
             raise TargetError(f"target must be a class index or name, got {v!r}")
         i = int(v)
         if not 0 <= i < num_classes:
-            raise TargetError(
-                f"target class {i} is out of range: the model has {num_classes} classes "
-                f"(valid: 0..{num_classes - 1})"
-            )
+            raise class_out_of_range(i, num_classes)
         indices.append(i)
     if len(indices) == 1:
         indices = indices * batch
@@ -194,4 +196,12 @@ def resolve(target: Target, output: Tensor) -> Resolved:
     return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)
 
 
-__all__ = ["CheckedIndices", "Resolved", "Target", "prepare_target", "resolve", "target_indices"]
+__all__ = [
+    "CheckedIndices",
+    "Resolved",
+    "Target",
+    "class_out_of_range",
+    "prepare_target",
+    "resolve",
+    "target_indices",
+]
