@@ -313,6 +313,62 @@ def test_gradcam_is_one_forward_and_a_backward_that_stops_at_the_layer(layer):
     assert model.forwards == 2 and Recording.calls == 0
 
 
+class GradModeSpy(Counting):
+    """Records, at every forward, the grad mode and a parameter's flag before / after the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before = torch.is_grad_enabled()
+        h = self.layer(self.stem(x))
+        self.seen.append((before, torch.is_grad_enabled(), self.stem.weight.requires_grad))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam_pp", "layercam"])
+def test_gradient_cams_start_the_graph_at_the_layer_without_freezing(name):
+    # The forward runs without gradients up to the layer and with them after it, so nothing
+    # upstream records a graph although the parameters keep requires_grad=True (no per-call
+    # walk of the parameters); the grad mode is the caller's again afterwards.
+    torch.manual_seed(0)
+    model = GradModeSpy().eval()
+    x = images(2, 8)
+    result = METHODS[name](model, "layer")(x, target=1)
+    assert model.seen == [(False, True, True)]
+    assert torch.is_grad_enabled() and all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():  # called under no_grad: still a gradient map, mode kept
+        again = METHODS[name](model, "layer")(x, target=1)
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(again.maps, result.maps)
+    # Guided Grad-CAM backpropagates to the input: it freezes the parameters instead
+    model.seen.clear()
+    METHODS["guided_gradcam"](model, "layer")(x, target=1)
+    assert model.seen == [(True, True, False)]
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_layer_recorder_start_grad_puts_the_mode_back_on_errors():
+    from flashtorch._surgery import LayerRecorder
+
+    model = Counting()
+    with pytest.raises(ValueError, match="leaf"):
+        LayerRecorder(model, "layer", start_grad=True)
+    model.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        with LayerRecorder(model, "layer", leaf=True, start_grad=True):
+            model(images(1, 8))
+    assert torch.is_grad_enabled()
+    model.fail = False
+    with LayerRecorder(model, "layer", leaf=True, start_grad=True) as rec:
+        out = model(images(1, 8))
+    assert torch.is_grad_enabled() and rec.output.requires_grad and rec.output.grad_fn is None
+    (g,) = torch.autograd.grad(out.sum(), rec.output)  # the graph reaches the leaf
+    assert g.shape == rec.output.shape
+
+
 def test_default_layer_is_remembered_per_model_and_structure():
     torch.manual_seed(5)
     model = ToyCNN().eval()

@@ -19,6 +19,7 @@ def _snapshot(model):
         "grad_values": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "hooks": hook_count(model),
+        "grad_mode": torch.is_grad_enabled(),
     }
 
 
@@ -32,6 +33,7 @@ def _assert_same(model, snap):
     for k, v in snap["state"].items():
         assert torch.equal(now["state"][k], v), f"{k} changed (parameters or BN statistics)"
     assert now["hooks"] == snap["hooks"], "hooks left on the model"
+    assert now["grad_mode"] == snap["grad_mode"], "grad mode not put back"
     assert torch._C._len_torch_function_stack() == 0, "a TorchFunctionMode is still active"
 
 

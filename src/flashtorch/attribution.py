@@ -153,6 +153,11 @@ class AttributionMethod(abc.ABC):
     #: data-dependent sizes): it can be captured and replayed as a CUDA graph
     #: (:func:`flashtorch.graphed`).
     graph_safe: ClassVar[bool] = False
+    #: the method backpropagates through the parameters' layers to the input: they are frozen
+    #: (``requires_grad=False``) for the call, so that the forward pass records no parameter
+    #: gradients. Methods whose backward pass stops at a layer (the CAMs start the graph there)
+    #: or that run none (occlusion) leave the parameters untouched and skip their walk.
+    freezes: ClassVar[bool] = True
 
     def __init__(
         self, model: nn.Module, *, eval_mode: bool = True, fast: bool = False, amp: bool = False
@@ -216,7 +221,7 @@ class AttributionMethod(abc.ABC):
         # call on resnet50, which counts when a GPU call takes a few ms).
         guard = (
             contextlib.nullcontext(net) if self.fast
-            else preserved_state(net, eval_mode=self.eval_mode)
+            else preserved_state(net, eval_mode=self.eval_mode, freeze=self.freezes)
         )
         with guard:
             self.model = net  # compute() sees the (possibly rewritten) network

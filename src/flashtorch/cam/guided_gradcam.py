@@ -64,6 +64,7 @@ class GuidedGradCAM(GradCAM):
 
     name: ClassVar[str] = "guided_gradcam"
     single_channel: ClassVar[bool] = False
+    freezes = True  # its guided gradient goes back to the input
 
     #: ``(forward, backward)`` passes of the last call: ``(1, 1)``, ``(1, 2)`` or ``(2, 2)``.
     passes: tuple[int, int] = (0, 0)

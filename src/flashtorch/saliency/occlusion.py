@@ -100,6 +100,7 @@ class Occlusion(AttributionMethod):
 
     name = "occlusion"
     single_channel = True
+    freezes = False  # forward passes only
 
     def __init__(
         self,
