@@ -210,3 +210,22 @@ def test_user_model_untouched_by_env(bench):
     assert any(isinstance(m, nn.BatchNorm2d) for m in spec.model.modules())
     for k, v in spec.model.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def test_amp_agreement_script(bench, tmp_path, monkeypatch):
+    path = ROOT / "benchmarks" / "amp_agreement.py"
+    spec = importlib.util.spec_from_file_location("amp_agreement", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["amp_agreement.py", "--models", "tiny",
+                                      "--out", str(tmp_path)])
+    with pytest.warns(UserWarning, match="bfloat16"):
+        module.main()
+    data = json.loads((tmp_path / "amp-agreement-cpu.json").read_text())
+    rows = data["models"][0]["rows"]
+    assert len(rows["float16 autocast"]["per_image"]) == len(module.PHOTOS)
+    # float32 against float64 and the folded copy against the exact model: rounding only
+    assert rows["float64 (reference for float32)"]["min"] > 0.9999
+    assert rows["float32 fast=True (BN folded)"]["min"] > 0.999
+    assert all(-1.0 <= r["min"] <= r["mean"] <= 1.0 + 1e-9 for r in rows.values())
+    assert "| float16 autocast |" in (tmp_path / "amp-agreement-cpu.md").read_text()

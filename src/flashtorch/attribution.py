@@ -135,8 +135,11 @@ class AttributionMethod(abc.ABC):
             Implies eval mode.
         amp: run under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU); maps are returned
             in float32. On CUDA, float16 input-gradient maps agreed with float32 at cosine
-            0.985-0.991 (H200, resnet50 and EfficientNet-Lite0); on the CPU a warning says
-            that bfloat16 maps agree only approximately (cosine about 0.9).
+            0.985-0.991 (H200, resnet50 and EfficientNet-Lite0, random inputs); that is the
+            maps' own sensitivity rather than a defect: rounding just the input by float16's
+            relative step moves a float32 map by as much (cosine 0.94-0.98 on photos,
+            ``benchmarks/amp_agreement.py``). On the CPU a warning says that bfloat16 maps
+            agree only approximately (cosine 0.75-0.93).
     """
 
     name: ClassVar[str] = ""
@@ -202,9 +205,9 @@ class AttributionMethod(abc.ABC):
             # input-gradient maps (CAMs and occlusion keep a correlation > 0.99 in bfloat16)
             warnings.warn(
                 f"{self.name}: amp=True on the CPU computes in bfloat16 (8-bit mantissa); its "
-                "gradient maps agree with float32 only at cosine 0.89-0.93 on resnet50 and "
-                "EfficientNet-Lite0 (benchmarks/results/cpu.md). Use it for speed, not for "
-                "fine detail (fast=True is exact and speeds calls up too)",
+                "gradient maps agree with float32 only at cosine 0.75-0.93 on resnet50 and "
+                "EfficientNet-Lite0 (benchmarks/results/cpu.md, amp-agreement-cpu.md). Use it "
+                "for speed, not for fine detail (fast=True is exact and speeds calls up too)",
                 UserWarning,
                 stacklevel=2,
             )
