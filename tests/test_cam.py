@@ -140,6 +140,26 @@ def test_gradcam_matches_captum_layergradcam(which, relu, toy, resnet18):
     assert ours.targets.tolist() == target
 
 
+@pytest.mark.parametrize("arch", ["regnet_y_400mf", "squeezenet1_1", "convnext_tiny"])
+def test_gradcam_matches_captum_on_other_architectures(arch):
+    # the default layer of each (RegNet's trunk, SqueezeNet's classifier conv, ConvNeXt's
+    # features with LayerNorm and GELU), with the graph started at the layer
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)().eval()
+    x = images(2, 64)
+    method = cam.GradCAM(model, normalize=False)
+    ours = method(x, target=[3, 7])
+    layer = model.get_submodule(method.layer_name)
+    ref = LayerGradCam(model, layer).attribute(x, target=[3, 7], relu_attributions=True)
+    ref = LayerAttribution.interpolate(ref, tuple(x.shape[-2:]), "bilinear")
+    assert method.layer_name in ("trunk_output", "classifier.2", "features")
+    assert ref.abs().amax() > 0
+    assert rel_err(ours.maps, ref) < 1e-5
+    assert all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize("which", ["toy", "resnet18"])
 def test_guided_gradcam_matches_captum(which, toy, resnet18):
     from captum.attr import GuidedGradCam
