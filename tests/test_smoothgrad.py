@@ -48,13 +48,14 @@ def x():
 
 
 def reference_maps(base_cls, model, x, target, n, noise, seed):
-    """The documented protocol, re-implemented: one randn(x.shape) per sample, in order."""
+    """The documented protocol, re-implemented: one randn((1, C, H, W)) per sample, in order,
+    scaled by each image's sigma."""
     g = torch.Generator().manual_seed(seed)
     flat = x.flatten(1)
     sigma = (noise * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
     maps = []
     for _ in range(n):
-        eps = torch.randn(x.shape, generator=g, dtype=x.dtype) * sigma
+        eps = torch.randn((1, *x.shape[1:]), generator=g, dtype=x.dtype) * sigma
         maps.append(base_cls(model)(x + eps, target=target).maps)
     return torch.stack(maps)  # (n, B, C, H, W)
 
@@ -185,6 +186,17 @@ def test_wrapping_integrated_gradients_respects_the_memory_bound(model, x):
         )(x, 1)
     assert max(spy.sizes) <= 4
     assert result.maps.shape == x.shape and torch.isfinite(result.maps).all()
+
+
+@pytest.mark.parametrize("variant", ["mean", "vargrad"])
+def test_a_batch_equals_single_calls_with_the_same_seed(model, x, variant):
+    # one draw per sample, shared by the batch: an image's map does not depend on its batch
+    sg = SmoothGrad(model, base="guided", n_samples=5, noise=0.2, seed=3, variant=variant,
+                    internal_batch_size=4)
+    batch = sg(x, target=[0, 2, 4]).maps
+    singles = torch.cat([sg(x[i:i + 1], target=t).maps for i, t in enumerate([0, 2, 4])])
+    torch.testing.assert_close(batch, singles, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(batch[0], batch[1])  # different images, different maps
 
 
 def test_seeds(model, x):

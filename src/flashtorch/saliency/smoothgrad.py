@@ -22,12 +22,16 @@ Gradients...) and :math:`n` noisy copies :math:`x + \epsilon_s`,
   Networks Lack Sensitivity to Parameter Values", arXiv:1810.03307 (population variance, as
   Captum's ``NoiseTunnel``).
 
-Noise protocol (reproducible, independent of ``internal_batch_size``): with
+Noise protocol (reproducible, independent of ``internal_batch_size`` and of the batch): with
 ``g = torch.Generator(device).manual_seed(seed)`` on the model's device, the draws are, for
-``s = 0 .. n-1`` in order, ``eps_s = torch.randn(x.shape, generator=g, device=g.device,
-dtype=x.dtype) * sigma.view(B, 1, 1, 1)``; sample ``s`` of image ``b`` is ``x[b] + eps_s[b]``.
-The target is resolved once on the clean input (default: the predicted class) and held fixed for
-every noisy copy. Draws depend on the batch composition (as in Captum), not on the chunking.
+``s = 0 .. n-1`` in order, ``z_s = torch.randn((1, C, H, W), generator=g, device=g.device,
+dtype=x.dtype)``; sample ``s`` of image ``b`` is ``x[b] + sigma_b * z_s``. One draw per sample
+serves every image of the batch (each image's own samples stay independent, which is all its
+estimate needs), so an image's map is the same whatever batch it comes in - a batch equals
+single calls with the same seed - and a batch of ``B`` draws ``B`` times fewer numbers
+(a 224-pixel image's draw takes 0.36 ms on one CPU core). Captum's ``NoiseTunnel`` draws
+independent noise per image instead. The target is resolved once on the clean input (default:
+the predicted class) and held fixed for every noisy copy.
 """
 
 from __future__ import annotations
@@ -84,28 +88,33 @@ def _base_class(base: str | type[AttributionMethod]) -> type[AttributionMethod]:
 
 
 class _NoiseStream:
-    """Yields the noise rows ``[start, stop)`` of the sample-major stream, drawing lazily.
+    """The noisy copies of rows ``[start, stop)`` of the sample-major stream, drawing lazily.
 
-    One ``randn(x.shape)`` per sample ``s`` in order; at most one sample's draw is kept beyond
-    the current internal batch.
+    Row ``s * B + b`` is ``x[b] + sigma_b * z_s``, with one ``randn((1, C, H, W))`` draw ``z_s``
+    per sample ``s`` in order (module docstring); only the current internal batch's draws are
+    kept.
     """
 
     def __init__(self, x: Tensor, sigma: Tensor, gen: torch.Generator) -> None:
         self.x, self.sigma, self.gen = x, sigma, gen
-        self.sample = -1
-        self.noise: Tensor | None = None
+        self.drawn: dict[int, Tensor] = {}
+        self.next = 0
 
-    def rows(self, start: int, stop: int) -> Tensor:
-        batch = self.x.shape[0]
-        parts = []
-        for s in range(start // batch, (stop - 1) // batch + 1):
-            while self.sample < s:
-                self.sample += 1
-                self.noise = randn_like(self.x, self.gen) * self.sigma
-            assert self.noise is not None
-            lo, hi = max(start, s * batch) - s * batch, min(stop, (s + 1) * batch) - s * batch
-            parts.append(self.noise[lo:hi])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+    def noisy(self, start: int, stop: int, rows: Tensor, img: Tensor) -> Tensor:
+        """``x[img] + sigma[img] * z`` for the rows ``rows = arange(start, stop)``."""
+        x, batch = self.x, self.x.shape[0]
+        first, last = start // batch, (stop - 1) // batch
+        while self.next <= last:
+            self.drawn[self.next] = randn_like(x[:1], self.gen)
+            self.next += 1
+        for s in [s for s in self.drawn if s < first]:
+            del self.drawn[s]
+        if first == last:  # one sample: its draw broadcasts over the rows, no copy
+            z = self.drawn[first].expand(stop - start, *x.shape[1:])
+        else:
+            z = torch.cat([self.drawn[s] for s in range(first, last + 1)])
+            z = z.index_select(0, rows // batch - first)
+        return torch.addcmul(x[img], z, self.sigma[img])
 
 
 @register
@@ -248,7 +257,7 @@ class SmoothGrad(AttributionMethod):
         for start, stop in chunks(total, size):
             rows = torch.arange(start, stop, device=x.device)
             img = rows % batch
-            noisy = x[img] + stream.rows(start, stop)
+            noisy = stream.noisy(start, stop, rows, img)
             row_targets = (
                 # indices known: the clean pass, or every image already met
                 row_target(target, indices, img) if clean or start >= batch
