@@ -36,7 +36,13 @@ from torch import Tensor
 
 from ._fast import FAST_VIEWS, ModelState, fast_channels_last
 from ._surgery import model_device, preserved_state
-from ._targets import CheckedIndices, Target, class_out_of_range, target_indices
+from ._targets import (
+    CheckedIndices,
+    Target,
+    class_out_of_range,
+    explained_output,
+    target_indices,
+)
 from ._validate import check_images, no_host_sync
 from .attribution import Attribution, AttributionMethod
 from .errors import MethodError, TargetError
@@ -195,7 +201,7 @@ class GraphedMethod:
     def _probe_classes(self, x: Tensor) -> int:
         model = self.method.model
         with preserved_state(model, eval_mode=True), torch.no_grad():
-            output = model(x[:1])
+            output = explained_output(model(x[:1]))
         if not isinstance(output, Tensor) or output.dim() != 2:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise TargetError(

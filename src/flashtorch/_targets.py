@@ -4,6 +4,10 @@ A target is a class index (``int``), a class name (``str``, ImageNet models), a 
 either (one per sample, or one for all), an integer tensor, ``None`` (the predicted class), or
 a callable ``f(output) -> (B,)`` that turns the model output into one score per sample
 (pytorch-grad-cam's "model targets").
+
+Targets resolve on the model's logits (:func:`logits_of`: a tensor, an output's ``.logits``, a
+dict's ``"logits"``, a tuple's first element). A callable target receives those logits; an
+output that holds none (a dict of other heads, say) is passed to it as the model returned it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 from .errors import TargetError
@@ -81,6 +86,27 @@ def logits_of(output: Any) -> Tensor:
     )
 
 
+def explained_output(output: Any) -> Any:
+    """What targets read: the logits of ``output``, else ``output`` itself.
+
+    The logits are :func:`logits_of`'s; an output without them is returned unchanged, for a
+    callable target to reduce to one score per sample.
+    """
+    if isinstance(output, Tensor):
+        return output
+    try:
+        return logits_of(output)
+    except TargetError:
+        return output
+
+
+def detach_output(output: Any) -> Any:
+    """``output`` with every tensor in it detached (other values kept)."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    return pytree.tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, output)
+
+
 def class_out_of_range(value: int, num_classes: int) -> TargetError:
     """The error for a class index outside ``0..num_classes - 1``."""
     return TargetError(
@@ -100,7 +126,7 @@ def _name_to_index(name: str, num_classes: int) -> int:
     return int(ImageNetIndex()[name])
 
 
-def target_indices(target: Target, output: Tensor) -> Tensor | None:
+def target_indices(target: Target, output: Any) -> Tensor | None:
     """Turn a target specification into a ``(B,)`` long tensor of class indices.
 
     Args:
@@ -205,26 +231,36 @@ def prepare_target(target: Target, batch: int, device: torch.device) -> Target:
     return CheckedIndices(indices, max(values))
 
 
-def resolve(target: Target, output: Tensor) -> Resolved:
+def resolve(target: Target, output: Any) -> Resolved:
     """Select the score to explain for every sample.
 
     Args:
         target: see the module docstring.
         output: the model output; its logits (:func:`logits_of`) are what targets select from.
+            A callable target receives the logits, or the output itself if it has none.
 
     Returns:
-        :class:`Resolved` with ``scores[b] = output[b, index[b]]`` (or ``target(output)``).
+        :class:`Resolved` with ``scores[b] = logits[b, index[b]]`` (or ``target(logits)``).
+
+    Raises:
+        TargetError: a bad target, an output without logits for a class target, or a callable
+            that does not return one score per sample.
     """
-    output = logits_of(output)
     if callable(target) and not isinstance(target, Tensor):
-        scores = target(output)
-        if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
+        from ._outputs import output_batch
+
+        source = explained_output(output)  # the logits, or an output without them as it is
+        scores = target(source)
+        batch = output_batch(source)
+        if (not isinstance(scores, Tensor) or scores.dim() != 1
+                or (batch is not None and scores.shape[0] != batch)):
             got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            want = f"({batch},)" if batch is not None else "(B,)"
             raise TargetError(
-                f"a callable target must return one score per sample, shape "
-                f"({output.shape[0]},), got {got}"
+                f"a callable target must return one score per sample, shape {want}, got {got}"
             )
         return Resolved(scores, None)
+    output = logits_of(output)
     idx = target_indices(target, output)
     assert idx is not None
     return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)
@@ -235,6 +271,8 @@ __all__ = [
     "Resolved",
     "Target",
     "class_out_of_range",
+    "detach_output",
+    "explained_output",
     "logits_of",
     "prepare_target",
     "resolve",

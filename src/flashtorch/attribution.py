@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ._fast import FAST_VIEWS, fast_channels_last
+from ._outputs import explained_output
 from ._surgery import model_device, preserved_state
-from ._targets import Target, logits_of, prepare_target, resolve
+from ._targets import Target, prepare_target, resolve
 from ._validate import check_images, syncs_allowed
 from .errors import MethodError
 
@@ -45,7 +46,8 @@ class Attribution:
         targets: ``(B,)`` class indices explained, or ``None`` for a callable target.
         predicted: ``(B,)`` the model's top-1 classes on the inputs; ``None`` when the method
             ran no forward pass of the clean inputs (``clean_pass=False`` of SmoothGrad and
-            Integrated Gradients).
+            Integrated Gradients) or the model's output has no logits (see
+            :mod:`flashtorch._outputs`).
         scores: ``(B,)`` the explained scores (logits, or the callable's values) on the inputs;
             ``None`` like ``predicted``.
         extras: method-specific tensors, e.g. ``{"delta": ...}`` for Integrated Gradients.
@@ -111,7 +113,8 @@ class MethodOutput:
     """
 
     maps: Tensor
-    output: Tensor | None
+    #: the logits, or an output without logits as the model returned it (detached)
+    output: Any
     targets: Tensor | None
     scores: Tensor | None
     extras: dict[str, Tensor] = field(default_factory=dict)
@@ -125,8 +128,10 @@ class AttributionMethod(abc.ABC):
     ``finally``) with inputs already validated and on the model's device.
 
     Args:
-        model: any ``nn.Module`` mapping ``(B, C, H, W)`` images to ``(B, num_classes)`` scores
-            (or to anything a callable target can reduce to ``(B,)``).
+        model: any ``nn.Module`` mapping ``(B, C, H, W)`` images to ``(B, num_classes)`` scores:
+            a tensor, a Hugging Face ``ImageClassifierOutput`` (``.logits``), a dict with
+            ``"logits"`` or a tuple whose first element is the logits (targets resolve on the
+            logits); or to anything a callable target can reduce to ``(B,)``.
         eval_mode: run the model in eval mode during the call (restored afterwards).
         fast: run on a cached copy of the model with BatchNorm folded into the preceding
             convolutions (exact up to float rounding; see :mod:`flashtorch._fast`), in
@@ -235,8 +240,8 @@ class AttributionMethod(abc.ABC):
                 self.model = user_model
         home = inputs.device
         predicted: Tensor | None = None
-        if out.output is not None:
-            output = logits_of(out.output).detach()
+        if isinstance(out.output, Tensor):  # the logits (an output without them: None)
+            output = out.output.detach()
             predicted = output.argmax(1) if output.dim() == 2 else output.new_zeros(
                 output.shape[0], dtype=torch.long
             )
@@ -258,9 +263,13 @@ class AttributionMethod(abc.ABC):
         return f"{type(self).__name__}({type(self.model).__name__})"
 
 
-def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, Any]:
-    """Run the model and pick the target scores: ``(output, scores, indices)``."""
-    output = model(inputs)
+def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Any, Tensor, Any]:
+    """Run the model and pick the target scores: ``(output, scores, indices)``.
+
+    ``output`` is the model's logits (:func:`~flashtorch._outputs.explained_output`), or its
+    output as it is when that holds no logits (only a callable target can read it).
+    """
+    output = explained_output(model(inputs))
     resolved = resolve(target, output)
     return output, resolved.scores, resolved.indices
 

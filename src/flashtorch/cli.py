@@ -579,6 +579,12 @@ def _class_label(index: int, num_classes: int) -> str:
     return f"class {index}"
 
 
+def _is_logits(output: Any) -> bool:
+    import torch
+
+    return isinstance(output, torch.Tensor) and output.dim() == 2
+
+
 def top_k(logits: Any, k: int = 5) -> list[list[tuple[int, str, float]]]:
     """Per image ``[(index, label, probability), ...]`` of the ``k`` top classes."""
     import torch
@@ -618,6 +624,7 @@ def run_methods(
     import torch
 
     from . import get_method
+    from ._targets import explained_output
     from .errors import MethodError
     from .utils import apply_transforms, denormalize
 
@@ -633,9 +640,9 @@ def run_methods(
         x = apply_transforms(chunk, size=loaded.size, mean=loaded.mean, std=loaded.std)
         x = x.to(loaded.device)
         with torch.no_grad():
-            logits = loaded.model(x)
-        tops = top_k(logits, 5)
-        num_classes = int(logits.shape[1]) if logits.dim() == 2 else 0
+            logits = explained_output(loaded.model(x))  # .logits, ["logits"], [0] or as is
+        tops = top_k(logits, 5) if _is_logits(logits) else [[] for _ in chunk]
+        num_classes = int(logits.shape[1]) if _is_logits(logits) else 0
         shown = denormalize(x.cpu(), loaded.mean, loaded.std).clamp(0, 1)
         results = [
             ImageResult(paths[start + i], stems[start + i], shown[i], tops[i], num_classes)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._targets import Target, resolve
+from .._targets import Target, logits_of, resolve
 from .._validate import check_positive_int
 from ..attribution import register
 from ..errors import InputError, MethodError
@@ -48,7 +48,7 @@ def score_function(indices: Tensor | None, target: Target) -> ScoreFn:
         idx = indices
 
         def by_index(output: Tensor, rows: Tensor) -> Tensor:
-            return output.gather(1, idx[rows][:, None]).squeeze(1)
+            return logits_of(output).gather(1, idx[rows][:, None]).squeeze(1)
 
         return by_index
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import model_device, preserved_state
-from .._targets import Target, resolve, target_indices
+from .._targets import Target, explained_output, resolve, target_indices
 from .._validate import check_images
 from ..errors import InputError
 from ._maps import as_maps
@@ -227,7 +227,7 @@ def perturbation_curve(
                 xs = torch.where(changed, base[bi], x[bi])
             else:
                 xs = torch.where(changed, x[bi], base[bi])
-            out = model(xs)
+            out = explained_output(model(xs))  # the logits (or, without them, as it is)
             if callable_target:
                 s = resolve(target, out).scores
             else:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._outputs import cat_outputs, explained_output
 from .._targets import CheckedIndices, Target, resolve
 from ..errors import InputError, MethodError, TargetError
 
@@ -97,12 +98,16 @@ def image_range(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def clean_forward(model: nn.Module, x: Tensor, size: int) -> Tensor:
-    """The model output on ``x`` without gradients, in internal batches of ``size`` rows."""
-    return torch.cat([model(x[a:b]) for a, b in chunks(x.shape[0], size)], 0)
+def clean_forward(model: nn.Module, x: Tensor, size: int) -> Any:
+    """The model's logits on ``x`` without gradients, in internal batches of ``size`` rows.
+
+    An output without logits is returned as the model gives it, chunks joined by rows
+    (:mod:`flashtorch._outputs`).
+    """
+    return cat_outputs([explained_output(model(x[a:b])) for a, b in chunks(x.shape[0], size)])
 
 
-def explained_scores(target: Target, output: Tensor) -> tuple[Tensor, Tensor | None]:
+def explained_scores(target: Target, output: Any) -> tuple[Tensor, Tensor | None]:
     """Resolve ``target`` on the clean output: ``(scores (B,), class indices (B,) or None)``."""
     resolved = resolve(target, output)
     return resolved.scores.detach(), resolved.indices

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._outputs import detach_output
 from .._surgery import RectifierRule, Rule
 from .._targets import Target
 from ..attribution import AttributionMethod, MethodOutput, forward_scores, register
@@ -58,7 +59,7 @@ def input_gradients(
                 "callable and that the model does not detach its input"
             )
         (grad,) = torch.autograd.grad(scores.sum(), x)
-    return MethodOutput(grad, output.detach(), indices, scores.detach())
+    return MethodOutput(grad, detach_output(output), indices, scores.detach())
 
 
 @register

@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._outputs import take_rows
 from .._targets import CheckedIndices, Target
 from ..attribution import AttributionMethod, MethodOutput, register
 from ..errors import InputError, MethodError
@@ -276,7 +278,7 @@ class IntegratedGradients(AttributionMethod):
         zero_node = np.flatnonzero(self.alphas == 0.0)
         one_node = np.flatnonzero(self.alphas == 1.0)
         clean = self.clean_pass or needs_clean_pass(target)
-        output: Tensor | None = None
+        output: Any = None
         scores: Tensor | None = None
         indices: Tensor | None = None
         base_scores: Tensor | None = None
@@ -291,8 +293,9 @@ class IntegratedGradients(AttributionMethod):
                 both = clean_forward(
                     self.model, torch.cat([x, base[:1] if shared else base], 0), size
                 )
-                output = both[:batch]
-                base_out = both[batch:].expand(batch, -1) if shared else both[batch:]
+                output = take_rows(both, slice(0, batch))
+                base_out = _repeat_row(both, batch, x.device) if shared else take_rows(
+                    both, slice(batch, None))
                 scores, indices = explained_scores(target, output)
                 base_scores, _ = explained_scores(
                     target if indices is None else CheckedIndices(indices), base_out
@@ -327,10 +330,12 @@ class IntegratedGradients(AttributionMethod):
             at_one = None if clean else _node_rows(one_node, batch, start, stop)
             if at_one is not None:  # S(x) and the output from the rows at alpha = 1
                 local, images = at_one
-                if output is None or scores is None:
-                    output = row_out.new_zeros((batch, *row_out.shape[1:]))
+                if scores is None:
                     scores = row_scores.new_zeros(batch)
-                output[images] = row_out[local]
+                    if isinstance(row_out, Tensor):  # (an output without logits is not kept)
+                        output = row_out.new_zeros((batch, *row_out.shape[1:]))
+                if output is not None:
+                    output[images] = row_out[local]
                 scores[images] = row_scores[local]
         maps = diff * integral
         extras: dict[str, Tensor] = {}
@@ -338,6 +343,15 @@ class IntegratedGradients(AttributionMethod):
             extras["delta"] = maps.flatten(1).sum(1) - (scores - base_scores)
             extras["baseline_scores"] = base_scores
         return MethodOutput(maps, output, indices, scores, extras)
+
+
+def _repeat_row(both: Any, batch: int, device: torch.device) -> Any:
+    """Row ``batch`` (the shared baseline's output) repeated ``batch`` times."""
+    if isinstance(both, Tensor):
+        row = both[batch:batch + 1]
+        return row.expand(batch, *row.shape[1:])
+    index = torch.full((batch,), batch, dtype=torch.long, device=device)
+    return take_rows(both, index)
 
 
 def _node_rows(node: np.ndarray, batch: int, start: int, stop: int) -> tuple[slice, slice] | None:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._outputs import explained_output
 from .._targets import Target
 from ..attribution import AttributionMethod, MethodOutput, register
 from ..errors import InputError, MethodError
@@ -186,7 +187,7 @@ class Occlusion(AttributionMethod):
                 p, img = rows // batch, rows % batch
                 m = masks(p)
                 occluded = torch.where(m, fill[img], x[img])
-                out = self.model(occluded)
+                out = explained_output(self.model(occluded))
                 if indices is None:
                     occ_scores, _ = explained_scores(target, out)
                 else:
