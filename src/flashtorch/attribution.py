@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from . import _guards
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._outputs import explained_output
 from ._surgery import model_device, preserved_state
@@ -187,16 +188,43 @@ class AttributionMethod(abc.ABC):
     def __call__(self, inputs: Tensor, target: Target = None) -> Attribution:
         """Explain ``target`` for every image of ``inputs``.
 
+        Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (gradients are enabled
+        where the method needs them). Warns, once per call, when the maps are all zero for some
+        image or not finite, and when dropout was active (``eval_mode=False`` on a model in
+        training mode); see :mod:`flashtorch._guards`.
+
         Args:
             inputs: ``(B, C, H, W)`` float tensor, normalised as the model expects. Never modified.
             target: class index, name, sequence, tensor, callable or ``None`` (predicted class).
 
         Returns:
             An :class:`Attribution` on the inputs' device.
+
+        Raises:
+            InputError: bad inputs, or a model whose tensors were created under
+                ``torch.inference_mode()``.
         """
         x = check_images(inputs)
+        with _guards.outermost_call() as outer, _guards.leave_inference_mode():
+            watch = _guards.DropoutWatch() if outer and not self.eval_mode else None
+            try:
+                with watch if watch is not None else contextlib.nullcontext():
+                    result = self._attribute(inputs, x, target)
+            except RuntimeError as exc:
+                if _guards.is_inference_tensor_error(exc):
+                    raise _guards.inference_tensor_error(self.name) from exc
+                raise
+        if outer:
+            if watch is not None and watch.seen is not None:
+                _guards.warn_dropout(self.name, watch.seen)
+            if _guards.maps_checkable(result.maps, syncs_allowed()):
+                _guards.check_maps(self.name, result.maps, cam=self.needs_layer)
+        return result
+
+    def _attribute(self, inputs: Tensor, x: Tensor, target: Target) -> Attribution:
+        """The call itself (``x``: the validated inputs), outside inference mode."""
         device = model_device(self.model)
-        x = x.detach().to(device)
+        x = _guards.usable_input(x.detach().to(device))
         target = prepare_target(target, x.shape[0], device)
         net = self.model
         if self.fast:
@@ -214,7 +242,7 @@ class AttributionMethod(abc.ABC):
                 "EfficientNet-Lite0 (benchmarks/results/cpu.md, amp-agreement-cpu.md). Use it "
                 "for speed, not for fine detail (fast=True is exact and speeds calls up too)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         autocast = (
             torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"

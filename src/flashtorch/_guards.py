@@ -1,0 +1,222 @@
+"""Guardrails of the calling convention: warnings and fixes for calls that would mislead.
+
+:meth:`flashtorch.attribution.AttributionMethod.__call__` applies them to every method, once per
+call (a method that runs inside another's call, as SmoothGrad's base does, adds none):
+
+* **Degenerate maps.** Maps that are all zero for some image, or hold NaN or infinity, get a
+  ``UserWarning`` naming the likely cause. The check reads the maps on the host, so it runs
+  only where that costs no wait for a device: maps returned on the CPU (a CPU model, or a GPU
+  model called with CPU inputs, whose maps were just copied to the host). Maps left on a GPU
+  are not checked (reading them would stop the host until the GPU finishes the call, see
+  ``tests/test_sync_free.py``), nor inside a CUDA-graph capture (:func:`flashtorch.graphed`).
+  :func:`check_maps` runs the same check on any maps.
+* **Active dropout.** With ``eval_mode=False`` a model in training mode drops different units
+  at every forward pass, so the maps are random. A ``TorchFunctionMode`` watches the call's
+  dropout functions (``nn.Dropout`` modules and functional ``F.dropout``, ``torch.dropout``,
+  the ``dropout_p`` of ``F.scaled_dot_product_attention``...) and warns when one ran with
+  ``p > 0`` in training. It is active only with ``eval_mode=False``: eval-mode calls (the
+  default) pay nothing.
+* **Gradient modes.** Methods enable gradients where they need them, so they work under
+  ``torch.no_grad()``. Under ``torch.inference_mode()`` the call leaves inference mode for its
+  own work, and inputs created under it (inference tensors, which autograd cannot record) are
+  copied first; a model whose own tensors are inference tensors (built or run for the first
+  time under inference mode and caching tensors, say) gets an :class:`~flashtorch.errors.InputError`
+  that says what to do instead of autograd's error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from .errors import InputError
+
+#: set while an attribution call runs: a call made inside it (a wrapper's) adds no warning.
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("flashtorch_in_call",
+                                                                default=False)
+
+
+@contextlib.contextmanager
+def outermost_call() -> Iterator[bool]:
+    """Mark an attribution call; yields whether it is the outermost one (the one that warns)."""
+    outer = not _IN_CALL.get()
+    token = _IN_CALL.set(True)
+    try:
+        yield outer
+    finally:
+        _IN_CALL.reset(token)
+
+
+# --------------------------------------------------------------------------------------------
+# Degenerate maps
+# --------------------------------------------------------------------------------------------
+
+
+def _images(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:8])
+    return f"image(s) {shown}{', ...' if len(indices) > 8 else ''}"
+
+
+def check_maps(name: str, maps: Tensor, *, cam: bool = False, stacklevel: int = 2) -> None:
+    """Warn when some image's map is all zero, or when maps hold NaN or infinite values.
+
+    One reduction (the largest absolute value per image, which is NaN or infinite as soon as
+    one value is) and one read of ``B`` values; each warning at most once.
+
+    Args:
+        name: the method's name, for the message.
+        cam: the maps are class activation maps (the message names the CAM's own causes).
+        maps: ``(B, ...)`` maps (read on the host: pass CPU maps to avoid waiting for a device).
+        stacklevel: passed to :func:`warnings.warn`.
+    """
+    if maps.numel() == 0:
+        return
+    peak = torch.linalg.vector_norm(maps.detach().flatten(1).float(), ord=float("inf"), dim=1)
+    values = peak.tolist()
+    bad = [i for i, v in enumerate(values) if not v < float("inf")]  # NaN or infinite
+    zero = [i for i, v in enumerate(values) if v == 0]
+    if bad:
+        warnings.warn(
+            f"{name}: the maps of {_images(bad)} contain NaN or infinite values. Likely causes: "
+            "the model overflows (amp=True in float16, or very large inputs or weights), NaN "
+            "weights, or a callable target that returns inf or NaN (a log of 0). Check the "
+            "model's output on these inputs and compute in float32",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    if zero:
+        first = (
+            "the layer's weighted activation is negative everywhere and the CAM's ReLU clips "
+            "it (relu=False shows the negative evidence), the score's gradient at the layer is "
+            "zero (try another layer), " if cam else
+            "the explained score does not change with the input there (or the baseline or "
+            "fill equals the input): "
+        )
+        warnings.warn(
+            f"{name}: the maps of {_images(zero)} are all zero. Likely causes: {first}an "
+            "untrained or zero-initialised classification head (torchvision's vit_b_16 starts "
+            "with zero head weights), a target callable that ignores the model output, or a "
+            "saturated model (dead ReLUs; softmax or sigmoid outputs at 0 or 1: explain the "
+            "logits). Check the weights, the target and the layer",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def maps_checkable(maps: Tensor, syncs_allowed: bool) -> bool:
+    """Whether :func:`check_maps` costs no device wait: CPU maps, outside a graph capture."""
+    return syncs_allowed and maps.device.type == "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# Active dropout
+# --------------------------------------------------------------------------------------------
+
+#: dropout functions: (position of p, name of p, default p, position of training, its name,
+#: default training); ``None`` positions mean keyword-only.
+_DROPOUTS: dict[Any, tuple[int | None, str, float, int | None, str | None, bool]] = {
+    F.dropout: (1, "p", 0.5, 2, "training", True),
+    F.dropout1d: (1, "p", 0.5, 2, "training", True),
+    F.dropout2d: (1, "p", 0.5, 2, "training", True),
+    F.dropout3d: (1, "p", 0.5, 2, "training", True),
+    F.alpha_dropout: (1, "p", 0.5, 2, "training", False),
+    F.feature_alpha_dropout: (1, "p", 0.5, 2, "training", False),
+    torch.dropout: (1, "p", 0.5, 2, "train", True),
+    torch.alpha_dropout: (1, "p", 0.5, 2, "train", True),
+    torch.feature_dropout: (1, "p", 0.5, 2, "train", True),
+    torch.feature_alpha_dropout: (1, "p", 0.5, 2, "train", True),
+    F.scaled_dot_product_attention: (4, "dropout_p", 0.0, None, None, True),
+}
+
+
+def _arg(args: tuple, kwargs: dict, pos: int | None, key: str | None, default: Any) -> Any:
+    if key is not None and key in kwargs:
+        return kwargs[key]
+    if pos is not None and len(args) > pos:
+        return args[pos]
+    return default
+
+
+class DropoutWatch(TorchFunctionMode):
+    """Records whether a dropout function ran with ``p > 0`` in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: str | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        spec = _DROPOUTS.get(func) if self.seen is None else None
+        if spec is not None:
+            p_pos, p_key, p_default, t_pos, t_key, t_default = spec
+            p = _arg(args, kwargs, p_pos, p_key, p_default)
+            training = _arg(args, kwargs, t_pos, t_key, t_default)
+            if bool(training) and isinstance(p, (int, float)) and p > 0:
+                self.seen = f"{getattr(func, '__name__', func)}(p={p:g})"
+        return func(*args, **kwargs)
+
+
+def warn_dropout(name: str, seen: str, *, stacklevel: int = 2) -> None:
+    """The warning for dropout active during a call (``seen`` names the function)."""
+    warnings.warn(
+        f"{name}: the model ran with dropout active ({seen}) because eval_mode=False and the "
+        "model is in training mode: every forward pass drops different units, so the maps "
+        "are random and change from call to call. Leave eval_mode=True (the default) or call "
+        "model.eval() first; if you average over dropout on purpose, ignore this warning",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient modes
+# --------------------------------------------------------------------------------------------
+
+
+def leave_inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """``torch.inference_mode(False)`` when inference mode is on, else a no-op."""
+    if torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
+def usable_input(x: Tensor) -> Tensor:
+    """``x``, or a normal copy of it if it is an inference tensor (call outside inference mode)."""
+    return x.clone() if x.is_inference() else x
+
+
+def is_inference_tensor_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is autograd refusing an inference tensor."""
+    return isinstance(exc, RuntimeError) and "nference tensor" in str(exc)
+
+
+def inference_tensor_error(name: str) -> InputError:
+    """The error for a model whose own tensors were made under ``torch.inference_mode()``."""
+    return InputError(
+        f"{name}: a tensor the model uses (a parameter, a buffer or a cached value) was created "
+        "under torch.inference_mode(), and autograd cannot record it. Create or load the model "
+        "outside inference mode (or clone its parameters and buffers there); flashtorch "
+        "methods work under torch.no_grad(), which you can use instead of inference_mode"
+    )
+
+
+__all__ = [
+    "DropoutWatch",
+    "check_maps",
+    "inference_tensor_error",
+    "is_inference_tensor_error",
+    "leave_inference_mode",
+    "maps_checkable",
+    "outermost_call",
+    "usable_input",
+    "warn_dropout",
+]
