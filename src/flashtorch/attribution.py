@@ -223,6 +223,9 @@ class AttributionMethod(abc.ABC):
 
     def _attribute(self, inputs: Tensor, x: Tensor, target: Target) -> Attribution:
         """The call itself (``x``: the validated inputs), outside inference mode."""
+        first = next(self.model.parameters(), None)
+        if first is not None and first.is_inference():  # before any change to the model
+            raise _guards.inference_tensor_error(self.name)
         device = model_device(self.model)
         x = _guards.usable_input(x.detach().to(device))
         target = prepare_target(target, x.shape[0], device)
