@@ -68,8 +68,8 @@ def _images(indices: list[int]) -> str:
 def check_maps(name: str, maps: Tensor, *, cam: bool = False, stacklevel: int = 2) -> None:
     """Warn when some image's map is all zero, or when maps hold NaN or infinite values.
 
-    One reduction (the largest absolute value per image, which is NaN or infinite as soon as
-    one value is) and one read of ``B`` values; each warning at most once.
+    Two reductions (each image's largest and smallest value, NaN or infinite as soon as one
+    value is) and one read of ``2 B`` values; each warning at most once.
 
     Args:
         name: the method's name, for the message.
@@ -79,10 +79,11 @@ def check_maps(name: str, maps: Tensor, *, cam: bool = False, stacklevel: int = 
     """
     if maps.numel() == 0:
         return
-    peak = torch.linalg.vector_norm(maps.detach().flatten(1).float(), ord=float("inf"), dim=1)
-    values = peak.tolist()
-    bad = [i for i, v in enumerate(values) if not v < float("inf")]  # NaN or infinite
-    zero = [i for i, v in enumerate(values) if v == 0]
+    flat = maps.detach().flatten(1)
+    highs, lows = torch.stack([flat.amax(1), flat.amin(1)]).float().tolist()  # NaN propagates
+    inf = float("inf")
+    bad = [i for i, (h, lo) in enumerate(zip(highs, lows)) if not -inf < lo <= h < inf]
+    zero = [i for i, (h, lo) in enumerate(zip(highs, lows)) if h == 0 and lo == 0]
     if bad:
         warnings.warn(
             f"{name}: the maps of {_images(bad)} contain NaN or infinite values. Likely causes: "
