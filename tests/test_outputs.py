@@ -8,6 +8,7 @@ target as the model returned it; scalar ``(B,)`` outputs work with a callable ta
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -353,3 +354,24 @@ def test_cli_explain_on_a_model_returning_a_dict(capsys, tmp_path, monkeypatch):
     assert sorted(files) == sorted(files_dict) and len(files) == 4
     for name, array in files.items():
         np.testing.assert_array_equal(files_dict[name], array)
+
+
+def test_cli_report_on_a_model_returning_a_dict(capsys, tmp_path, monkeypatch):
+    from .test_cli import COFFEE, call
+
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    (folder / "clidictmodels.py").write_text(DICT_MODELS)
+    monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop("clidictmodels", None)
+    try:
+        target = tmp_path / "report.html"
+        code, _, err = call(capsys, "report", COFFEE, "--model", "clidictmodels:tiny_dict",
+                            "--methods", "gradient,gradcam", "--size", "24", "-o", str(target))
+    finally:
+        sys.modules.pop("clidictmodels", None)
+    assert code == 0, err
+    page = target.read_text(encoding="utf-8")
+    assert page.count('<table class="top5">') == 1
+    # the top-5 classes, read from the logits
+    assert len(re.findall(r"<tr><td class=\"num idx\">[1-5]</td>", page)) == 5

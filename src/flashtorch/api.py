@@ -22,10 +22,13 @@ def attribute(
     Equivalent to ``METHODS[method](model, **options)(inputs, target=target)``.
 
     Args:
-        model: an image model mapping ``(B, C, H, W)`` to ``(B, num_classes)``.
+        model: an image model mapping ``(B, C, H, W)`` to ``(B, num_classes)`` logits: a
+            tensor, a Hugging Face ``ImageClassifierOutput``, a dict with ``"logits"`` or a
+            tuple whose first element is the logits (targets resolve on the logits).
         inputs: ``(B, C, H, W)`` normalised images; never modified.
         target: class index, ImageNet class name, a sequence or tensor of them (one per image),
-            a callable ``f(output) -> (B,)``, or ``None`` for each image's predicted class.
+            a callable ``f(logits) -> (B,)`` (it gets an output without logits as it is), or
+            ``None`` for each image's predicted class.
         method: a name from :func:`flashtorch.available_methods`.
         **options: the method's options (e.g. ``layer=`` for CAMs, ``steps=`` for IG).
 

@@ -21,7 +21,9 @@ class Backprop:
     ``.grad``), also when it raises.
 
     Args:
-        model: the network, e.g. ``flashtorch.models.load_pretrained()`` or a torchvision model.
+        model: the network, e.g. ``flashtorch.models.load_pretrained()``, a torchvision or timm
+            model, or a Hugging Face ``ViTForImageClassification`` (outputs with ``.logits``,
+            a dict with ``"logits"`` or a tuple of logits first are read as their logits).
 
     Example:
         >>> backprop = Backprop(model)
