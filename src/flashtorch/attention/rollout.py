@@ -113,6 +113,11 @@ def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
     return flat.view_as(fused)
 
 
+def _exact(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 if it is (reduced-precision autocast results upcast)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _vecmat(row: Tensor, matrix: Tensor) -> Tensor:
     """``(B, N) x (B, N, N) -> (B, N)``: ``row_b^T M_b``."""
     return torch.bmm(row.unsqueeze(1), matrix).squeeze(1)
@@ -333,7 +338,7 @@ class RolloutMethod(AttributionMethod):
         prefix, grid = patch_grid(self.model, n_tokens, (inputs.shape[-2], inputs.shape[-1]),
                                   self.name)
         kind = _start_kind(self.model, self.token, prefix, self.name)
-        start = start_row(kind, n_tokens, prefix, batch, tensors[0].float(), self.name)
+        start = start_row(kind, n_tokens, prefix, batch, _exact(tensors[0]), self.name)
         return start, prefix, grid
 
     def _finish(self, row: Tensor, prefix: int, grid: tuple[int, int], inputs: Tensor) -> Tensor:
@@ -412,7 +417,7 @@ class AttentionRollout(RolloutMethod):
             tensors = checked_attentions(capture.records, inputs.shape[0], self.name,
                                          self.model)
             start, prefix, grid = self._row_setup(tensors, inputs)
-            row = attention_rollout_row([t.float() for t in tensors], start, self.head_fusion,
+            row = attention_rollout_row([_exact(t) for t in tensors], start, self.head_fusion,
                                         self.discard_ratio)
         maps = self._finish(row, prefix, grid, inputs)
         return MethodOutput(maps, output, resolved.indices, resolved.scores, {"row": row})
@@ -474,8 +479,8 @@ class GradientRollout(RolloutMethod):
         ]
         with torch.no_grad():
             start, prefix, grid = self._row_setup(tensors, inputs)
-            row = gradient_rollout_row([t.detach().float() for t in tensors],
-                                       [g.float() for g in gradients], start)
+            row = gradient_rollout_row([_exact(t.detach()) for t in tensors],
+                                       [_exact(g) for g in gradients], start)
         maps = self._finish(row, prefix, grid, inputs)
         return MethodOutput(maps, output.detach() if isinstance(output, Tensor) else output,
                             resolved.indices, scores.detach(), {"row": row})
