@@ -50,6 +50,14 @@ def tiny():
     )
 
 
+def vit():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                         num_heads=2, num_classes=10)
+
+
 class Boom(nn.Module):
     def __init__(self):
         super().__init__()
@@ -160,7 +168,7 @@ def test_explain_writes_the_same_maps_and_overlays_as_the_library(tmp_path, pret
 
 @needs_pretrained
 def test_explain_method_all_covers_every_registered_method(tmp_path):
-    from flashtorch import available_methods
+    from flashtorch import available_methods, get_method
 
     out = tmp_path / "all"
     proc = run_cli("explain", CHELSEA, "--method", "all", "--size", "64", "--layer",
@@ -169,7 +177,11 @@ def test_explain_method_all_covers_every_registered_method(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote" not in proc.stdout  # --quiet
     assert len(top5_lines(proc.stdout)) == 5
-    methods = available_methods()
+    # the attention methods refuse a CNN (EfficientNet-Lite0): 'all' drops them with a note
+    attention = [m for m in available_methods()
+                 if getattr(get_method(m), "needs_attention", False)]
+    assert attention and all(f"skipped {m}: " in proc.stderr for m in attention)
+    methods = [m for m in available_methods() if m not in attention]
     assert len(methods) >= 4
     assert sorted(p.name for p in out.iterdir()) == sorted(f"chelsea_{m}.npy" for m in methods)
     for m in methods:
@@ -296,6 +308,22 @@ def test_explain_on_a_factory_model_labels_classes_by_index(capsys, models_modul
     assert f"wrote 4 file(s) to {out_dir}" in out
     for name in ("coffee_gradient", "coffee_gradcam", "chelsea_gradient", "chelsea_gradcam"):
         assert png_array(out_dir / f"{name}.png").shape == (24, 24, 3)
+
+
+def test_attention_methods_on_a_vit_and_their_error_on_a_cnn(capsys, models_module, tmp_path):
+    pytest.importorskip("timm")
+    out_dir = tmp_path / "o"
+    code, out, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:vit", "--size",
+                          "32", "--method", "attention_rollout,gradient_rollout", "--target", "3",
+                          "--format", "npy", "-o", str(out_dir))
+    assert code == 0, err
+    for name in ("coffee_attention_rollout", "coffee_gradient_rollout"):
+        raw = np.load(out_dir / f"{name}.npy")
+        assert raw.shape == (1, 32, 32) and raw.min() == 0 and raw.max() == 1
+    # named explicitly on a CNN: the method's own message, not a silent skip
+    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:tiny", "--size",
+                        "16", "--method", "gradient_rollout", "-o", str(tmp_path / "c"))
+    assert code != 0 and "no self-attention ran" in err and "gradcam" in err
 
 
 def test_same_stem_images_get_distinct_outputs(capsys, models_module, tmp_path):
