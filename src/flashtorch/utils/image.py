@@ -119,11 +119,20 @@ def load_image(src: ImageSource) -> Image.Image:
 
 
 def _resize_crop(image: Image.Image, size: int) -> Image.Image:
+    """Exactly torchvision's ``CenterCrop(size)(Resize(size)(image))`` on a PIL image.
+
+    The shorter side becomes ``size`` and the longer ``int(size * long / short)`` (truncated,
+    as ``torchvision.transforms.Resize`` does), bilinear; the crop offsets are
+    ``int(round((side - size) / 2))`` (``torchvision.transforms.CenterCrop``).
+    """
     w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
+    short, long = (w, h) if w <= h else (h, w)
+    if short != size:
+        new_long = int(size * long / short)
+        nw, nh = (size, new_long) if w <= h else (new_long, size)
+        image = image.resize((nw, nh), Image.Resampling.BILINEAR)
+    nw, nh = image.size
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
@@ -137,6 +146,9 @@ def apply_transforms(
 
     .. math:: x = (\text{crop}(\text{resize}(I)) / 255 - \mu) / \sigma
 
+    Equal, value for value, to torchvision's ``Compose([Resize(size), CenterCrop(size),
+    ToTensor(), Normalize(mean, std)])`` (FlashTorch 0.1.3's pipeline) on the RGB image.
+
     Args:
         image: anything :func:`load_image` accepts, or a list of them (-> a batch).
         size: output side in pixels.
@@ -144,7 +156,10 @@ def apply_transforms(
         std: per-channel standard deviation to divide by.
 
     Returns:
-        A ``(B, 3, size, size)`` float tensor (``B = 1`` for a single image).
+        A ``(B, 3, size, size)`` float32 leaf tensor (``B = 1`` for a single image) with
+        ``requires_grad=True``, as in FlashTorch 0.1.3, so that ``model(x)[0, c].backward()``
+        fills ``x.grad``. flashtorch's own methods never write to it (they differentiate a
+        detached copy); use ``x.detach()`` for a tensor without gradient tracking.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise InputError(f"size must be a positive integer, got {size!r}")
@@ -155,7 +170,7 @@ def apply_transforms(
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((batch - m) / s).contiguous()
+    return ((batch - m) / s).contiguous().requires_grad_(True)
 
 
 def _stats(tensor: Tensor, values: Sequence[float]) -> Tensor:
