@@ -191,6 +191,8 @@ def resolve(target: Target, output: Tensor) -> Resolved:
                 f"({output.shape[0]},), got {got}"
             )
         return Resolved(scores, None)
+    if output.dim() == 1:  # one logit per sample (a binary classifier): class 0 is that logit
+        output = output.unsqueeze(1)
     idx = target_indices(target, output)
     assert idx is not None
     return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)

@@ -48,7 +48,8 @@ def score_function(indices: Tensor | None, target: Target) -> ScoreFn:
         idx = indices
 
         def by_index(output: Tensor, rows: Tensor) -> Tensor:
-            return output.gather(1, idx[rows][:, None]).squeeze(1)
+            logits = output if output.dim() > 1 else output[:, None]  # (B,): one logit
+            return logits.gather(1, idx[rows][:, None]).squeeze(1)
 
         return by_index
 
