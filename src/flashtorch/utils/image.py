@@ -67,21 +67,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(src: ImageSource) -> Image.Image:
+def load_image(image_path: ImageSource) -> Image.Image:
     """Load an image as an RGB PIL image.
 
     Args:
-        src: a path (``str``/``Path``), a PIL image, a numpy array (HW, HWC or CHW; uint8,
+        image_path: a path (``str``/``Path``), a PIL image, a numpy array (HW, HWC or CHW; uint8,
             uint16, or float in [0, 1]), ``bytes``, or a binary file object. Grayscale, RGBA
             (composited on white), palette and 16-bit images are converted.
 
     Returns:
-        An RGB ``PIL.Image.Image``.
+        An RGB ``PIL.Image.Image``. (The argument keeps FlashTorch 0.1.3's name,
+        ``image_path``, whatever it holds.)
 
     Raises:
         FileNotFoundError: the path does not exist.
         ImageLoadError: the data is not an image.
     """
+    src = image_path
     if isinstance(src, Image.Image):
         return _to_rgb(src)
     if isinstance(src, np.ndarray):
@@ -208,13 +210,16 @@ def standardize_and_clip(
 
     .. math:: y = \text{clip}((x - \mu_x) / \sigma_x \cdot s + b, \min, \max)
 
-    Statistics are per image for ``(B, C, H, W)`` input and over the tensor otherwise. A constant
-    image becomes ``brightness`` everywhere. Returns a new tensor.
+    :math:`\sigma_x` is the sample standard deviation (as in FlashTorch 0.1.3). Statistics are
+    per image for ``(B, C, H, W)`` input (0.1.3: over the whole batch) and over the tensor
+    otherwise. A constant image becomes ``brightness`` everywhere. Returns a new tensor.
     """
     t = tensor.detach()
     dims = tuple(range(1, t.dim())) if t.dim() == 4 else tuple(range(t.dim()))
     mean = t.mean(dim=dims, keepdim=True)
-    std = t.std(dim=dims, keepdim=True, unbiased=False)
+    count = t.numel() // (t.shape[0] if t.dim() == 4 and t.shape[0] else 1)
+    # the sample standard deviation (torch's default, as in FlashTorch 0.1.3)
+    std = t.std(dim=dims, keepdim=True) if count > 1 else torch.zeros_like(mean)
     std = torch.where(std > 0, std, torch.ones_like(std))
     return ((t - mean) / std * saturation + brightness).clamp(min_value, max_value)
 
