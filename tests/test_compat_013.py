@@ -26,7 +26,7 @@ from torch import nn  # noqa: E402
 
 from flashtorch import METHODS  # noqa: E402
 from flashtorch.activmax import GradientAscent  # noqa: E402
-from flashtorch.errors import InputError, MethodError, TargetError  # noqa: E402
+from flashtorch.errors import InputError, LayerError, MethodError, TargetError  # noqa: E402
 from flashtorch.saliency import Backprop  # noqa: E402
 from flashtorch.utils import (  # noqa: E402
     ImageNetIndex,
@@ -358,6 +358,19 @@ def test_optimize_as_in_0_1_3s_tests(alexnet_features):
         g.optimize(conv, -1, num_iter=1)
     with pytest.raises(ValueError):
         g.optimize(conv, 70, num_iter=1)
+    # 0.1.3: TypeError for a filter index or a layer of the wrong type; flashtorch's precise
+    # types are TypeErrors too
+    with pytest.raises(TypeError):
+        g.optimize(conv, "first", num_iter=1)
+    with pytest.raises(InputError):
+        g.optimize(conv, "first", num_iter=1)
+    with pytest.raises(TypeError):
+        g.optimize(0, 0, num_iter=1)
+    with pytest.raises(LayerError):
+        g.optimize(0, 0, num_iter=1)
+    # intended: any module (0.1.3 took only nn.Conv2d) and dotted names
+    assert len(g.optimize(alexnet_features[1], 0, num_iter=1)) == 1  # a ReLU
+    assert len(g.optimize("3", 0, num_iter=1)) == 1
 
 
 def test_visualize_as_in_0_1_3s_tests(alexnet_features):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._surgery import LayerRecorder, find_layer, model_device, on_gpu, preserved_state
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from .deepdream import deepdream as _deepdream
 from .objectives import LayerSpec, channel
 from .param import image
@@ -34,7 +34,7 @@ DREAM_BASE_LR = 0.05
 
 def _check_index(value: Any, name: str) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
-        raise InputError(f"{name} must be an int, got {value!r}")
+        raise InputTypeError(f"{name} must be an int, got {value!r}")
     return int(value)
 
 
