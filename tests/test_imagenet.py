@@ -93,7 +93,7 @@ def test_several_matches_list_names_and_indices(index):
 
 def test_no_match_suggests_closest_names(index):
     with pytest.raises(ClassNameError, match=r"closest names: 'tabby' \(281\)"):
-        index["tabby catt"]
+        index["tabbi"]  # ('tabby catt' is now 'tabby' plus a word: 281)
     with pytest.raises(KeyError):  # ClassNameError is a KeyError...
         index["zzzz qqqq"]
     with pytest.raises(TargetError):  # ...and a TargetError
@@ -164,3 +164,47 @@ def test_instances_are_independent_and_cheap():
     a.names.clear()
     assert len(b) == 1000 and b[24] == "great grey owl"
     assert repr(a) == "ImageNetIndex(1000 classes)"
+
+
+# -- FlashTorch 0.1.3 compatibility (issue 17) --------------------------------------------------
+
+
+def test_is_a_mapping_of_names_to_indices(index):
+    from collections.abc import ItemsView, KeysView, Mapping
+
+    assert isinstance(index, Mapping)
+    assert len(index.keys()) == len(index.items()) == len(index.values()) == 1000
+    assert list(index.keys()) == index.names
+    assert list(index.values()) == list(range(1000))
+    assert dict(index)["great grey owl"] == 24 and dict(index.items())["tabby"] == 281
+    assert index.get("not a class at all") is None and index.get("jay") == 17
+    assert index == ImageNetIndex() and hash(index) == hash(ImageNetIndex())
+    assert isinstance(index.keys(), KeysView) and isinstance(index.items(), ItemsView)
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("dalmatian dog", 251),  # 0.1.3's own test: a name plus a word
+        ("tabby cat", 281),
+        ("king penguin bird", 145),
+        ("owl great grey", 24),  # every word of one name, in another order
+        # 0.1.3's keys for the names that differ only in case or by a suffix
+        ("crane wading bird", 134),
+        ("crane lifting device", 517),
+        ("cardigan corgi", 264),
+        ("cardigan clothing", 474),
+        ("maillot tights", 638),
+        ("maillot swimsuit", 639),
+    ],
+)
+def test_multi_word_names_resolve_word_by_word(index, query, expected):
+    assert index[query] == expected
+
+
+def test_multi_word_tier_still_refuses_ambiguity(index):
+    # two names of one word each, both in the query
+    with pytest.raises(ClassNameError, match=r"ambiguous: its words match 2.*'tabby' \(281\)"):
+        index["tabby jay"]
+    with pytest.raises(ClassNameError, match="no ImageNet class matches"):
+        index["purple quasar"]

@@ -136,3 +136,56 @@ def test_format_for_plotting():
     assert format_for_plotting(torch.zeros(1, 5, 6)).shape == (5, 6)
     with pytest.raises(InputError, match="batch"):
         format_for_plotting(torch.zeros(2, 3, 5, 6))
+
+
+# -- FlashTorch 0.1.3 compatibility (issue 17) --------------------------------------------------
+
+
+def _torchvision_pipeline(size):
+    T = pytest.importorskip("torchvision.transforms")
+    return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+
+@pytest.mark.parametrize("hw", [(445, 502), (502, 445), (229, 231), (225, 1000), (100, 50),
+                                (300, 300), (224, 300)])
+@pytest.mark.parametrize("size", [224, 299, 64])
+def test_apply_transforms_equals_torchvision_exactly(hw, size):
+    from PIL import Image
+
+    rng = np.random.default_rng(hw[0] * 7 + hw[1])
+    image = Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
+    expected = _torchvision_pipeline(size)(image).unsqueeze(0)
+    got = apply_transforms(image, size)
+    assert got.shape == expected.shape and torch.equal(got.detach(), expected)
+
+
+def test_apply_transforms_equals_torchvision_on_the_photos(image_dir):
+    tv = _torchvision_pipeline(224)
+    for path in sorted(image_dir.glob("*.jpg")):
+        image = load_image(path)
+        assert torch.equal(apply_transforms(image).detach(), tv(image).unsqueeze(0)), path.name
+
+
+def test_apply_transforms_returns_a_leaf_that_requires_grad(tiny_cnn):
+    # 0.1.3's users call .backward() and read input_.grad
+    x = apply_transforms(np.full((40, 50, 3), 160, dtype=np.uint8), 32)
+    assert x.requires_grad and x.is_leaf and x.grad is None and x.dtype == torch.float32
+    tiny_cnn(x)[0, 1].backward()
+    assert x.grad is not None and x.grad.shape == (1, 3, 32, 32)
+    batch = apply_transforms([np.zeros((8, 8, 3), np.uint8)] * 2, 8)
+    assert batch.requires_grad and batch.is_leaf
+
+
+def test_methods_leave_a_requires_grad_input_alone(tiny_cnn):
+    from flashtorch import METHODS
+
+    from .conftest import FAST_OPTIONS
+
+    x = apply_transforms(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8), 32)
+    before = x.detach().clone()
+    for name, cls in METHODS.items():
+        result = cls(tiny_cnn, **FAST_OPTIONS.get(name, {}))(x, 1)
+        assert not result.maps.requires_grad, name
+        assert x.requires_grad and x.is_leaf and x.grad is None, name
+        assert torch.equal(x.detach(), before), name

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import LayerError, SharedModuleError
+from .errors import LayerError, LayerTypeError, SharedModuleError
 
 Rule = Literal["guided", "deconvnet"]
 
@@ -357,7 +357,7 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module
             "pass a module of this model or its dotted name (see `flashtorch layers`)"
         )
     if not isinstance(layer, str):
-        raise LayerError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
+        raise LayerTypeError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
     if layer in named:
         return layer, named[layer]
     candidates = [n for n in named if n]

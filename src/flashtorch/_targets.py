@@ -261,6 +261,8 @@ def resolve(target: Target, output: Any) -> Resolved:
             )
         return Resolved(scores, None)
     output = logits_of(output)
+    if output.dim() == 1:  # one logit per sample (a binary classifier): class 0 is that logit
+        output = output.unsqueeze(1)
     idx = target_indices(target, output)
     assert idx is not None
     return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)

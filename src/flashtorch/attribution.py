@@ -198,7 +198,9 @@ class AttributionMethod(abc.ABC):
             target: class index, name, sequence, tensor, callable or ``None`` (predicted class).
 
         Returns:
-            An :class:`Attribution` on the inputs' device.
+            An :class:`Attribution` on the inputs' device, its maps in the inputs' dtype
+            (:func:`map_dtype`: float32 and float64 as they are; float16 and bfloat16 images
+            are computed in the model's dtype and give float32 maps).
 
         Raises:
             InputError: bad inputs, or a model whose tensors were created under
@@ -227,7 +229,7 @@ class AttributionMethod(abc.ABC):
         if first is not None and first.is_inference():  # before any change to the model
             raise _guards.inference_tensor_error(self.name)
         device = model_device(self.model)
-        x = _guards.usable_input(x.detach().to(device))
+        x = _guards.usable_input(x.detach().to(device, model_dtype(self.model, x.dtype)))
         target = prepare_target(target, x.shape[0], device)
         net = self.model
         if self.fast:
@@ -278,7 +280,7 @@ class AttributionMethod(abc.ABC):
             )
             predicted = predicted.to(home)
         return Attribution(
-            maps=out.maps.detach().float().to(home).contiguous(),
+            maps=out.maps.detach().to(home, map_dtype(inputs.dtype)).contiguous(),
             method=self.name,
             targets=None if out.targets is None else out.targets.to(home),
             predicted=predicted,
@@ -292,6 +294,32 @@ class AttributionMethod(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def map_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the maps for inputs of ``input_dtype``: the input's, at least float32.
+
+    float32 and float64 inputs give maps of their own dtype. float16 and bfloat16 inputs give
+    float32 maps: input gradients are often below float16's smallest normal number (6e-5) and
+    bfloat16 keeps 8 bits of mantissa, so maps in those types would lose most of their values
+    (``amp=True`` is the way to compute in half precision).
+    """
+    return torch.promote_types(input_dtype, torch.float32)
+
+
+def model_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer, else ``default``.
+
+    Inputs are cast to it, so that float16 photos run on a float32 model (and float32 ones on
+    a ``.double()`` model) instead of failing inside the first layer.
+    """
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.dtype
+    return default
 
 
 def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Any, Tensor, Any]:
@@ -353,6 +381,8 @@ __all__ = [
     "available_methods",
     "forward_scores",
     "get_method",
+    "map_dtype",
+    "model_dtype",
     "reduce_channels",
     "register",
 ]

@@ -16,6 +16,10 @@ class InputError(FlashTorchError, ValueError):
     """An input tensor or image has the wrong type, shape or values."""
 
 
+class InputTypeError(InputError, TypeError):
+    """An argument has the wrong type (also a ``TypeError``, which FlashTorch 0.1.3 raised)."""
+
+
 class ImageLoadError(InputError):
     """A file or object could not be read as an image."""
 
@@ -36,6 +40,10 @@ class LayerError(FlashTorchError, LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class LayerTypeError(LayerError, TypeError):
+    """A layer was given as neither a module nor a dotted name (also a ``TypeError``)."""
 
 
 class SharedModuleError(LayerError):
@@ -60,10 +68,12 @@ class MissingDependencyError(FlashTorchError, ImportError):
 __all__ = [
     "FlashTorchError",
     "InputError",
+    "InputTypeError",
     "ImageLoadError",
     "TargetError",
     "ClassNameError",
     "LayerError",
+    "LayerTypeError",
     "SharedModuleError",
     "MethodError",
     "ModelLoadError",

@@ -113,7 +113,8 @@ def deepdream(
             RGB values in ``[0, 1]``.
         objective: an Objective (``channel(layer, c)``, ``layer(l) + ...``) or a layer (module or
             dotted name) for the classic ``layer(l)`` objective.
-        octaves: number of scales (octaves smaller than ``min_size`` pixels are skipped).
+        octaves: number of scales (octaves smaller than ``min_size`` pixels are skipped; one
+            too small for the model raises :class:`~flashtorch.errors.InputError`).
         octave_scale: size ratio between consecutive octaves.
         steps: gradient steps per octave.
         lr: step size in ``[0, 1]`` RGB units per step, for a gradient normalised to mean
@@ -167,7 +168,16 @@ def deepdream(
                 detail = F.interpolate(detail, size=hw, mode="bilinear", align_corners=False)
                 x = (base + detail).clamp(0, 1)
                 for _ in range(steps):
-                    x = _dream_step(session, x, lr, jitter, generator, history)
+                    try:
+                        x = _dream_step(session, x, lr, jitter, generator, history)
+                    except (RuntimeError, InputError) as exc:
+                        if "too small" not in str(exc):
+                            raise
+                        raise InputError(
+                            f"the model cannot run on the {hw[0]} x {hw[1]} octave of this "
+                            f"{h} x {w} photo ({exc}); use fewer octaves, a smaller "
+                            "octave_scale, a larger min_size or a larger photo"
+                        ) from exc
                     if callback is not None:
                         callback(step, x, history[-1])
                     step += 1

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._surgery import LayerRecorder, find_layer, model_device, on_gpu, preserved_state
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from .deepdream import deepdream as _deepdream
 from .objectives import LayerSpec, channel
 from .param import image
@@ -34,7 +34,7 @@ DREAM_BASE_LR = 0.05
 
 def _check_index(value: Any, name: str) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
-        raise InputError(f"{name} must be an int, got {value!r}")
+        raise InputTypeError(f"{name} must be an int, got {value!r}")
     return int(value)
 
 
@@ -121,7 +121,11 @@ class GradientAscent:
                 x = (x - mean) / std
             elif callable(self.normalize):
                 x = self.normalize(x)
-            self.model(x)
+            try:
+                self.model(x)
+            except RuntimeError as exc:  # a later layer too small for this size: not needed
+                if "too small" not in str(exc) or not rec.outputs:
+                    raise
             return int(rec.output.shape[1])
 
     def _render(
@@ -255,12 +259,15 @@ class GradientAscent:
         title: str = "DeepDream",
         return_output: bool = False,
         *,
-        octaves: int = 3,
+        octaves: int = 1,
+        octave_scale: float = 1.4,
     ) -> Any:
         """DeepDream on a photo: amplify channel ``filter_idx`` of ``layer`` in it.
 
         The photo is resized and centre-cropped to ``img_size`` (as ``apply_transforms``), then
-        dreamed over ``octaves`` scales with ``num_iter`` steps each (Mordvintsev et al. 2015).
+        dreamed with ``num_iter`` steps at ``img_size``: the talk's (and FlashTorch 0.1.3's)
+        contract, ``num_iter`` images of ``img_size`` (Mordvintsev et al. 2015). ``octaves > 1``
+        dreams over that many scales instead, smallest first, ``num_iter`` steps each.
 
         Args:
             img_path: a path (or anything ``flashtorch.utils.load_image`` accepts).
@@ -271,11 +278,18 @@ class GradientAscent:
             figsize: figure size.
             title: figure title.
             return_output: return the per-step images instead of the figure.
-            octaves: number of scales.
+            octaves: number of scales (1: only ``img_size``).
+            octave_scale: size ratio between consecutive octaves.
 
         Returns:
-            The ``Figure``, or with ``return_output`` the dream after each step (``(1, 3, h, w)``
-            in ``[0, 1]``, the octave's size; the last is the result at ``img_size``).
+            The ``Figure``, or with ``return_output`` the dream after each step:
+            ``octaves * num_iter`` images ``(1, 3, h, w)`` in ``[0, 1]`` (``num_iter`` of
+            ``img_size`` by default; with octaves, each of its octave's size, the last at
+            ``img_size``).
+
+        Raises:
+            InputError: an octave is too small for the model (use fewer octaves or a larger
+                ``img_size``).
         """
         from ..plot.activmax import image_figure
         from ..utils.image import apply_transforms
@@ -294,6 +308,7 @@ class GradientAscent:
                 photo,
                 channel(layer, idx),
                 octaves=octaves,
+                octave_scale=octave_scale,
                 steps=num_iter,
                 lr=DREAM_BASE_LR * float(lr),
                 normalize=self.normalize,

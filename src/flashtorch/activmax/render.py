@@ -190,6 +190,17 @@ class _Session:
             output = self.model(self.normalizer(x))
         except _StopForward:
             output = None
+        except RuntimeError as exc:
+            if "too small" not in str(exc):
+                raise
+            if not (self._early and all(rec.outputs for rec in self.recorders.values())):
+                raise InputError(
+                    f"the model cannot run on {tuple(x.shape[-2:])} images ({exc}); use a "
+                    "larger image size"
+                ) from exc
+            # the layers the objective reads ran; only a later layer (which the objective
+            # does not need) is too small for these images
+            output = None
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
             output = output[0]
         values = self.objective(_Context(self, images, output))

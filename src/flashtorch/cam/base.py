@@ -101,21 +101,32 @@ def upsample(maps: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Ten
     return F.interpolate(maps, size=size, mode=mode, align_corners=False)
 
 
-def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
+def normalize_maps(maps: Tensor, eps: float = 1e-12, rtol: float | None = None) -> Tensor:
     r"""Scale every image's map to ``[0, 1]`` by its own min and max.
 
     .. math:: \hat M_b = \frac{M_b - \min M_b}{\max M_b - \min M_b}
 
-    A constant map (e.g. all zeros after the ReLU) becomes all zeros rather than NaN.
+    A constant map becomes all zeros rather than NaN, and so does a map that is constant up
+    to rounding: one whose range is at most ``rtol`` times its largest magnitude (a Grad-CAM
+    layer of 1 x 1, upsampled, differs from a constant by about 1e-7 of its value; stretching
+    that to ``[0, 1]`` would draw noise). pytorch-grad-cam returns zeros there too.
 
     Args:
         maps: ``(B, ...)``; statistics are taken over everything but the batch axis.
         eps: smallest range divided by.
+        rtol: relative range below which a map counts as constant; default
+            ``64 * torch.finfo(maps.dtype).eps`` (7.6e-6 in float32, 1.4e-14 in float64).
     """
     flat = maps.flatten(1)
-    lo = flat.amin(1).view(-1, *([1] * (maps.dim() - 1)))
-    hi = flat.amax(1).view(-1, *([1] * (maps.dim() - 1)))
-    return (maps - lo) / (hi - lo).clamp_min(eps)
+    shape = (-1, *([1] * (maps.dim() - 1)))
+    lo = flat.amin(1)
+    hi = flat.amax(1)
+    span = hi - lo
+    if rtol is None:
+        rtol = 64 * torch.finfo(maps.dtype).eps if maps.is_floating_point() else 0.0
+    flat_map = span <= rtol * torch.maximum(hi.abs(), lo.abs())
+    scaled = (maps - lo.view(shape)) / span.clamp_min(eps).view(shape)
+    return torch.where(flat_map.view(shape), torch.zeros_like(scaled), scaled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +308,9 @@ class Capture:
 
     Attributes:
         inputs: the inputs the model ran on.
-        activation: ``(B, K, h, w)`` the layer's output, detached, in float32.
-        gradient: ``(B, K, h, w)`` :math:`\partial y_b / \partial A_b` in float32, or ``None``.
+        activation: ``(B, K, h, w)`` the layer's output, detached, in float32 (float64 for a
+            float64 model).
+        gradient: ``(B, K, h, w)`` :math:`\partial y_b / \partial A_b`, same dtype, or ``None``.
         output: the model output, detached.
         scores: ``(B,)`` the explained scores, detached.
         indices: ``(B,)`` target classes or ``None`` for a callable target.
@@ -484,8 +496,9 @@ class CAMMethod(AttributionMethod):
         self.layer_name = name
         return Capture(
             inputs=inputs,
-            activation=activation.detach().float(),
-            gradient=None if gradient is None else gradient.detach().float(),
+            activation=activation.detach().to(torch.promote_types(activation.dtype, torch.float32)),
+            gradient=None if gradient is None else gradient.detach().to(
+                torch.promote_types(gradient.dtype, torch.float32)),
             output=detach_output(explained_output(output)),
             scores=scores.detach(),
             indices=indices,

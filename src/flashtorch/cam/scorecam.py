@@ -48,7 +48,9 @@ def score_function(indices: Tensor | None, target: Target) -> ScoreFn:
         idx = indices
 
         def by_index(output: Tensor, rows: Tensor) -> Tensor:
-            return logits_of(output).gather(1, idx[rows][:, None]).squeeze(1)
+            logits = logits_of(output)
+            logits = logits if logits.dim() > 1 else logits[:, None]  # (B,): one logit
+            return logits.gather(1, idx[rows][:, None]).squeeze(1)
 
         return by_index
 

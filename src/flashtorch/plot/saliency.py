@@ -27,21 +27,25 @@ def visualize(
     input_: Tensor,
     gradients: Tensor,
     max_gradients: Tensor,
-    figsize: tuple[float, float] = (16, 4),
     cmap: str = "viridis",
     alpha: float = 0.7,
+    figsize: tuple[float, float] = (16, 4),
     save_path: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> Any:
     """The talk's figure: input, gradients across RGB channels, max gradients, overlay.
 
+    The first five arguments are the talk's ``visualize(input_, gradients, max_gradients,
+    cmap='viridis', alpha=0.5)``, in its order.
+
     Args:
         input_: ``(1, 3, H, W)`` or ``(B, 3, H, W)`` normalised input (``apply_transforms``).
         gradients: ``(3, H, W)`` or ``(B, 3, H, W)`` from ``calculate_gradients``.
         max_gradients: ``(1, H, W)`` or ``(B, 1, H, W)`` (``take_max=True`` output).
-        figsize: size of one row of four panels; a batch gets one row per image.
         cmap: colour map of the max-gradient panels.
-        alpha: opacity of the saliency in the overlay.
+        alpha: largest opacity of the saliency in the overlay (it grows with the saliency, so
+            low-saliency regions show the photo unchanged).
+        figsize: size of one row of four panels; a batch gets one row per image.
         save_path: if given, the figure is also written there (atomically).
         title: optional figure title.
 

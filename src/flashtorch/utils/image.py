@@ -67,21 +67,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(src: ImageSource) -> Image.Image:
+def load_image(image_path: ImageSource) -> Image.Image:
     """Load an image as an RGB PIL image.
 
     Args:
-        src: a path (``str``/``Path``), a PIL image, a numpy array (HW, HWC or CHW; uint8,
+        image_path: a path (``str``/``Path``), a PIL image, a numpy array (HW, HWC or CHW; uint8,
             uint16, or float in [0, 1]), ``bytes``, or a binary file object. Grayscale, RGBA
             (composited on white), palette and 16-bit images are converted.
 
     Returns:
-        An RGB ``PIL.Image.Image``.
+        An RGB ``PIL.Image.Image``. (The argument keeps FlashTorch 0.1.3's name,
+        ``image_path``, whatever it holds.)
 
     Raises:
         FileNotFoundError: the path does not exist.
         ImageLoadError: the data is not an image.
     """
+    src = image_path
     if isinstance(src, Image.Image):
         return _to_rgb(src)
     if isinstance(src, np.ndarray):
@@ -119,11 +121,20 @@ def load_image(src: ImageSource) -> Image.Image:
 
 
 def _resize_crop(image: Image.Image, size: int) -> Image.Image:
+    """Exactly torchvision's ``CenterCrop(size)(Resize(size)(image))`` on a PIL image.
+
+    The shorter side becomes ``size`` and the longer ``int(size * long / short)`` (truncated,
+    as ``torchvision.transforms.Resize`` does), bilinear; the crop offsets are
+    ``int(round((side - size) / 2))`` (``torchvision.transforms.CenterCrop``).
+    """
     w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
+    short, long = (w, h) if w <= h else (h, w)
+    if short != size:
+        new_long = int(size * long / short)
+        nw, nh = (size, new_long) if w <= h else (new_long, size)
+        image = image.resize((nw, nh), Image.Resampling.BILINEAR)
+    nw, nh = image.size
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
@@ -137,6 +148,9 @@ def apply_transforms(
 
     .. math:: x = (\text{crop}(\text{resize}(I)) / 255 - \mu) / \sigma
 
+    Equal, value for value, to torchvision's ``Compose([Resize(size), CenterCrop(size),
+    ToTensor(), Normalize(mean, std)])`` (FlashTorch 0.1.3's pipeline) on the RGB image.
+
     Args:
         image: anything :func:`load_image` accepts, or a list of them (-> a batch).
         size: output side in pixels.
@@ -144,7 +158,10 @@ def apply_transforms(
         std: per-channel standard deviation to divide by.
 
     Returns:
-        A ``(B, 3, size, size)`` float tensor (``B = 1`` for a single image).
+        A ``(B, 3, size, size)`` float32 leaf tensor (``B = 1`` for a single image) with
+        ``requires_grad=True``, as in FlashTorch 0.1.3, so that ``model(x)[0, c].backward()``
+        fills ``x.grad``. flashtorch's own methods never write to it (they differentiate a
+        detached copy); use ``x.detach()`` for a tensor without gradient tracking.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise InputError(f"size must be a positive integer, got {size!r}")
@@ -155,7 +172,7 @@ def apply_transforms(
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((batch - m) / s).contiguous()
+    return ((batch - m) / s).contiguous().requires_grad_(True)
 
 
 def _stats(tensor: Tensor, values: Sequence[float]) -> Tensor:
@@ -193,13 +210,16 @@ def standardize_and_clip(
 
     .. math:: y = \text{clip}((x - \mu_x) / \sigma_x \cdot s + b, \min, \max)
 
-    Statistics are per image for ``(B, C, H, W)`` input and over the tensor otherwise. A constant
-    image becomes ``brightness`` everywhere. Returns a new tensor.
+    :math:`\sigma_x` is the sample standard deviation (as in FlashTorch 0.1.3). Statistics are
+    per image for ``(B, C, H, W)`` input (0.1.3: over the whole batch) and over the tensor
+    otherwise. A constant image becomes ``brightness`` everywhere. Returns a new tensor.
     """
     t = tensor.detach()
     dims = tuple(range(1, t.dim())) if t.dim() == 4 else tuple(range(t.dim()))
     mean = t.mean(dim=dims, keepdim=True)
-    std = t.std(dim=dims, keepdim=True, unbiased=False)
+    count = t.numel() // (t.shape[0] if t.dim() == 4 and t.shape[0] else 1)
+    # the sample standard deviation (torch's default, as in FlashTorch 0.1.3)
+    std = t.std(dim=dims, keepdim=True) if count > 1 else torch.zeros_like(mean)
     std = torch.where(std > 0, std, torch.ones_like(std))
     return ((t - mean) / std * saturation + brightness).clamp(min_value, max_value)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -39,21 +39,62 @@ def _read_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return names, tuple(_normalize(n) for n in names)
 
 
+#: Extra words that tell apart the classes whose names differ only in case or by a suffix
+#: (WordNet glosses), so that qualified queries such as FlashTorch 0.1.3's
+#: ``"crane wading bird"`` or ``"cardigan clothing"`` resolve.
+_QUALIFIERS: dict[int, str] = {
+    134: "wading bird",
+    264: "corgi dog welsh",
+    474: "clothing sweater jacket",
+    517: "lifting device machine",
+    638: "tights leotard",
+    639: "swimsuit swimming costume",
+}
+
+
+@lru_cache(maxsize=1)
+def _dict() -> dict[str, int]:
+    return {name: i for i, name in enumerate(_read_names()[0])}
+
+
+def _as_dict() -> dict[str, int]:
+    """A fresh name -> index dict (the cached one stays private and unchanged)."""
+    return dict(_dict())
+
+
+@lru_cache(maxsize=1)
+def _word_sets() -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
+    """Per class: ``(words of its name, words of its name and qualifiers)``."""
+    out = []
+    for i, norm in enumerate(_read_names()[1]):
+        words = frozenset(norm.split())
+        out.append((words, words | frozenset(_QUALIFIERS.get(i, "").split())))
+    return tuple(out)
+
+
 def _format(matches: list[tuple[int, str]], limit: int = 12) -> str:
     shown = ", ".join(f"{name!r} ({index})" for index, name in matches[:limit])
     more = len(matches) - limit
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-class ImageNetIndex:
-    """Map ImageNet class names to indices and back.
+class ImageNetIndex(Mapping):
+    """Map ImageNet class names to indices and back; a read-only ``Mapping`` name -> index.
+
+    As a ``Mapping`` (like FlashTorch 0.1.3's) its keys are the 1000 class names in index order
+    and its values their indices: ``keys()``, ``values()``, ``items()``, ``get()`` and
+    ``dict(index)`` work.
 
     Lookup by name is forgiving about case, extra spaces, underscores and hyphen-vs-space, and
-    resolves in three tiers, stopping at the first tier that matches anything:
+    resolves in four tiers, stopping at the first tier that matches anything:
 
     1. exact name (``"great grey owl"``),
     2. the query as whole words inside a name (``"grey owl"``),
-    3. the query as a substring of a name (``"guacam"``).
+    3. the query as a substring of a name (``"guacam"``),
+    4. word by word, for queries of several words that are not a name: the one class whose
+       name (with a few qualifiers for names that differ only in case or by a suffix, e.g.
+       ``"crane wading bird"``) holds every word of the query, else the class with the longest
+       name whose words all appear in the query (``"dalmatian dog"`` -> 251, as in 0.1.3).
 
     Case decides only between names that differ in nothing else (``"Cardigan"``, the dog, is
     264; ``"cardigan"``, the sweater, is 474). Several matches in the deciding tier, or none at
@@ -72,9 +113,17 @@ class ImageNetIndex:
         [(24, 'great grey owl')]
         >>> index["owl"]  # whole word wins over 'bowl'
         24
+        >>> index["dalmatian dog"]
+        251
         >>> len(index), "espresso" in index, 967 in index
         (1000, True, True)
+        >>> index.get("not a class") is None
+        True
     """
+
+    #: all instances hold the same immutable data: equal (``Mapping``) and hashed alike.
+    def __hash__(self) -> int:
+        return hash(type(self))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} classes)"
@@ -92,10 +141,23 @@ class ImageNetIndex:
     def __iter__(self) -> Iterator[str]:
         return iter(_read_names()[0])
 
+    def keys(self) -> KeysView[str]:
+        """The 1000 class names, in index order."""
+        return _as_dict().keys()
+
+    def values(self) -> ValuesView[int]:
+        """The indices ``0..999``."""
+        return _as_dict().values()
+
+    def items(self) -> ItemsView[str, int]:
+        """``(name, index)`` pairs in index order."""
+        return _as_dict().items()
+
     def __contains__(self, key: object) -> bool:
         """True for a valid class index, or a string that is a class name after normalisation.
 
-        Partial names (``"owl"``) are not members even when ``index["owl"]`` resolves them.
+        Partial names (``"owl"``) are not members even when ``index["owl"]`` resolves them
+        (FlashTorch 0.1.3 counted any substring of a name as a member).
         """
         if isinstance(key, str):
             return _normalize(key) in _read_names()[1]
@@ -175,6 +237,23 @@ class ImageNetIndex:
                 substring.append((i, name))
         return exact, words, substring
 
+    @staticmethod
+    def _by_words(query: str) -> list[tuple[int, str]]:
+        """Tier 4: the classes a query of several words names word by word."""
+        words = frozenset(query.split())
+        if len(words) < 2:
+            return []
+        names = _read_names()[0]
+        sets = _word_sets()
+        covering = [(i, names[i]) for i, (_, extended) in enumerate(sets) if words <= extended]
+        if covering:
+            return covering
+        inside = [(i, len(own)) for i, (own, _) in enumerate(sets) if own <= words]
+        if not inside:
+            return []
+        longest = max(n for _, n in inside)
+        return [(i, names[i]) for i, n in inside if n == longest]
+
     def _index_of(self, name: str) -> int:
         query = _normalize(name)
         if not query:
@@ -195,6 +274,14 @@ class ImageNetIndex:
                     f"class name {name!r} is ambiguous: it matches {len(tier)} ImageNet classes "
                     f"{how}: {_format(tier)}. Use the full name or the index"
                 )
+        found = self._by_words(query)
+        if len(found) == 1:
+            return found[0][0]
+        if len(found) > 1:
+            raise ClassNameError(
+                f"class name {name!r} is ambiguous: its words match {len(found)} ImageNet "
+                f"classes: {_format(found)}. Use the full name or the index"
+            )
         names, normalized = _read_names()
         close = difflib.get_close_matches(query, normalized, n=5, cutoff=0.6)
         if close:
