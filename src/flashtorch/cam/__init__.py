@@ -27,7 +27,7 @@ Example:
     torch.Size([1, 1, 64, 64])
 """
 
-from .base import CAMMethod, Capture, SpatialTracker, default_layer, normalize_maps, upsample
+from .base import CAMMethod, Capture, default_layer, normalize_maps, upsample
 from .gradcam import GradCAM, gradcam_map, gradcam_weights
 from .gradcam_pp import GradCAMPlusPlus, gradcam_pp_weights
 from .guided_gradcam import GuidedGradCAM
@@ -42,7 +42,6 @@ __all__ = [
     "GuidedGradCAM",
     "LayerCAM",
     "ScoreCAM",
-    "SpatialTracker",
     "default_layer",
     "gradcam_map",
     "gradcam_pp_weights",
