@@ -1,4 +1,4 @@
-"""The Grad-CAM family: class activation maps from one convolutional layer.
+"""The Grad-CAM family: class activation maps from one layer (CNN feature maps, transformer tokens).
 
 Every method shares flashtorch's calling convention (``Method(model, layer=..., **options)
 (inputs, target=...) -> Attribution``) and is registered for :func:`flashtorch.attribute`:

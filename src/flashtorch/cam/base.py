@@ -1,7 +1,7 @@
 r"""What every class activation map shares: the layer, its activation and gradient, the upsampling.
 
 A CAM explains a target score :math:`y` (a logit, or any scalar per sample) with the activation
-:math:`A \in \mathbb{R}^{B \times K \times h \times w}` of one convolutional layer and, for the
+:math:`A \in \mathbb{R}^{B \times K \times h \times w}` of one layer and, for the
 gradient-based members of the family, its gradient :math:`G = \partial y / \partial A`. Each
 method turns them into a coarse ``(B, 1, h, w)`` map; :class:`CAMMethod` then applies the shared
 post-processing, in this order:
@@ -12,50 +12,91 @@ post-processing, in this order:
    ``cv2.resize`` used by pytorch-grad-cam);
 3. ``normalize=True``: per-image min-max scaling to ``[0, 1]`` with :func:`normalize_maps`.
 
+Layouts
+-------
+The layer's output - and its gradient, the same way - is read as a ``(B, K, h, w)`` map before
+any method sees it, so every member of the family (Score-CAM's masks too, upsampled from the
+grid) follows one path (:mod:`flashtorch._tokens`):
+
+* ``(B, C, h, w)`` feature maps as they are;
+* transformer tokens ``(B, N, C)``: ``p`` prefix tokens (class, distillation, register tokens)
+  dropped, the ``N - p`` patch tokens laid out row-major on their ``h x w`` grid - ``p`` from
+  the model (timm's ``num_prefix_tokens``, the prefix-token parameters of torchvision and Hugging
+  Face), the grid from the token count and the input size (non-square inputs and timm's
+  ``dynamic_img_size`` included);
+* channels-last ``(B, h, w, C)`` (timm's and torchvision's Swin) permuted to channels first.
+
+``reshape=`` (a callable ``t -> (B, C, h, w)``, as pytorch-grad-cam's ``reshape_transform``)
+overrides the reading. An explicit layer whose output is no map, or reads as several grids
+(per-head attention tensors ``(B, heads, N, d)``, 2-D features), raises
+:class:`~flashtorch.errors.LayerError` naming ``reshape=`` and the shape - never a guess. A 4-D
+output of a model that declares no tokens reads as ``(B, C, h, w)`` (PyTorch's convention) even
+when its grid does not match the input's aspect ratio (a model that resizes its input). When the
+gradient at every patch token of an explicit token layer is exactly zero (the classifier reads
+only the class token after it: the last block's output, the final norm), a warning says so and
+names the default layer (one host read of a device value, made only for explicit token
+layers).
+
 Layer choice
 ------------
-``layer`` is a module of the model or its dotted name (``"layer4"``, ``"features.18"``). A name
-that does not exist raises :class:`~flashtorch.errors.LayerError` listing close matches. A module
-that runs more than once in one forward pass (one activation module reused by every block) raises
-:class:`~flashtorch.errors.SharedModuleError`: pick another layer or say which call with
+``layer`` is a module of the model or its dotted name (``"layer4"``, ``"blocks.11.norm1"``). A
+name that does not exist raises :class:`~flashtorch.errors.LayerError` listing close matches. A
+module that runs more than once in one forward pass (one activation module reused by every block)
+raises :class:`~flashtorch.errors.SharedModuleError`: pick another layer or say which call with
 ``call=i`` (0-based, in execution order) - the first call is never taken silently.
 
-With ``layer=None`` the layer is found by running the model once - the same forward pass that
-computes the map, not an extra one: every submodule gets a temporary forward hook, and the layer
-is
+With ``layer=None`` the layer is found by one forward and one backward pass (every submodule gets
+a temporary forward hook; the graph starts at the first map, so nothing upstream is
+differentiated and no parameter is frozen). The layer is
 
-    the **last module to finish**, in execution order, whose output is a floating-point
-    ``(B, C, h, w)`` tensor with the input's batch size and ``h * w > 1``, among the modules
-    that ran **exactly once**.
+    the **last module to finish**, among the submodules that ran **exactly once**, whose output
+    has a layout (above) with ``h * w > 1`` and **whose map the target score depends on**: a
+    non-zero gradient at some grid position.
 
-"Last to finish" prefers the outermost container that ends with the final feature map (a
-forward hook fires when a module returns, so ``layer4`` finishes after ``layer4.1.relu``);
-``h * w > 1`` skips global pooling (``(B, C, 1, 1)``); adaptive pooling modules
-(``nn.AdaptiveAvgPool2d``/``nn.AdaptiveMaxPool2d``, e.g. VGG's resampling to ``7 x 7``) are
-skipped too, since they resample the map to a fixed size; 2-D outputs (flatten, classifier) are
-not maps; the root module is never chosen; shared modules are skipped. Functional code between
-modules (``F.relu``, ``F.adaptive_avg_pool2d``, ``torch.flatten``) is invisible to hooks and so
-never chosen. For common architectures this gives:
+Excluded: adaptive pooling (``nn.AdaptiveAvgPool2d``/``nn.AdaptiveMaxPool2d``: VGG's resampling
+to ``7 x 7``), the root, shared modules, everything inside an attention module (class name ending
+in ``Attention``: timm's ``Attention``/``WindowAttention``, ``nn.MultiheadAttention``, Hugging
+Face's ``ViTAttention``), whose outputs are queries, keys, values and per-head tensors rather
+than the token stream, and, in a model with token layers, the maps before the first one (the
+patch-embedding convolution, a hybrid's stem). Functional code between modules (``F.relu``,
+``torch.flatten``) is invisible to hooks and so never chosen.
 
-===============================  =====================================================
-model                            default layer
-===============================  =====================================================
-torchvision ResNet               ``layer4``
-torchvision DenseNet             ``features`` (the functional ``F.relu`` follows it)
-torchvision MobileNetV2 / V3     ``features``
-torchvision VGG / AlexNet        ``features`` (before the adaptive average pool)
-timm EfficientNet(-Lite)         ``bn2`` (``conv_head`` -> ``bn2`` -> global pool)
-===============================  =====================================================
+Why these conditions, structurally. "Last to finish" prefers the outermost container that ends
+with the final feature map (a hook fires when a module returns, so ``layer4`` finishes after
+``layer4.1.relu``). The gradient condition is what makes the rule right on class-token
+transformers without a second rule: after the last block's attention only the class token
+reaches the head, so the gradient at the patch tokens of the last block's output, its MLP and the
+final norm is exactly zero, and a Grad-CAM there is empty. The last map the score depends on is
+then the last block's first norm (``norm1``, ``ln_1``, ``layernorm_before``): the input of the
+last attention, whose patch tokens feed the class token through its keys and values (the layer
+pytorch-grad-cam's documentation recommends). Models that pool all tokens (Swin, ViTs with
+``global_pool="avg"``) and CNNs get their final map, as before. The measured comparison of
+candidate layers on a localisation set is in ``docs/faithfulness.md``.
 
-During that discovery pass the autograd graph starts at the first spatial output (never at
-the input), so any later layer can be differentiated. When the chosen output was modified in
-place after the layer returned (DenseNet's ``F.relu(features, inplace=True)``), its recorded
-values are no longer the layer's output; the method then runs the model once more with the layer
-fixed, so results never depend on in-place operations. The name found is remembered per model
-(weakly referenced, keyed by the module tree, the modules' train/eval flags and the input's
-``(C, H, W)``), so later calls - also through new method instances - run exactly like an
-explicit ``layer=``: one forward pass with the graph starting at the layer, and one backward pass
-to it. :attr:`CAMMethod.layer_name` holds the layer used by the last call, and
+=================================  ==============================================================
+model                              default layer (layout for a 224 x 224 input)
+=================================  ==============================================================
+torchvision ResNet                 ``layer4``
+torchvision DenseNet               ``features`` (the functional ``F.relu`` follows it)
+torchvision MobileNetV2 / V3       ``features``
+torchvision VGG / AlexNet          ``features`` (before the adaptive average pool)
+timm EfficientNet(-Lite)           ``bn2`` (``conv_head`` -> ``bn2`` -> global pool)
+timm ConvNeXt                      ``norm_pre``
+timm ViT, DeiT, register ViTs      ``blocks.11.norm1`` (``tokens 1+14x14``; DeiT distilled
+                                   ``2+14x14``, ``reg_tokens=4`` ``5+14x14``)
+timm ViT, ``global_pool="avg"``    ``norm`` (``tokens 0+14x14``)
+timm Swin                          ``norm`` (``nhwc 7x7``)
+torchvision ViT                    ``encoder.layers.encoder_layer_11.ln_1`` (``tokens 1+14x14``)
+torchvision Swin                   ``permute`` (the final norm's output as ``nchw 7x7``)
+Hugging Face ``ViTFor...``         the last layer's ``layernorm_before`` (``vit.layers.11.`` in
+                                   transformers 5, ``vit.encoder.layer.11.`` before)
+=================================  ==============================================================
+
+The name found is remembered per model (weakly referenced, keyed by the module tree, the modules'
+train/eval flags and the input's ``(C, H, W)``), so later calls - also through new method
+instances - run exactly like an explicit ``layer=``: one forward pass with the graph starting at
+the layer, and one backward pass to it. :attr:`CAMMethod.layer_name` and
+:attr:`CAMMethod.layer_layout` hold the layer used by the last call and how it was read, and
 :func:`default_layer` tells which layer would be chosen for an input.
 """
 
@@ -497,7 +538,8 @@ class CAMMethod(AttributionMethod):
         self.layer_layout = layout
         act = self._as_map(activation.detach(), layout, name).float()
         grad = None if gradient is None else self._as_map(gradient.detach(), layout, name).float()
-        if grad is not None and layout is not None and layout.kind == "tokens":
+        if grad is not None and self.layer is not None and layout is not None \
+                and layout.kind == "tokens":
             self._warn_if_blind(grad, gradient, layout, name, inputs)
         return Capture(
             inputs=inputs,
@@ -521,12 +563,10 @@ class CAMMethod(AttributionMethod):
             "the classifier reads only the prefix (class) tokens after it"
             if reads_prefix else "the target score does not depend on it"
         )
-        hint = ""
-        if self.layer is not None:
-            try:
-                hint = f"; the default layer {_default_name(self.model, inputs, None)!r} works"
-            except LayerError:  # pragma: no cover - nothing better to suggest
-                hint = ""
+        try:
+            hint = f"; the default layer {_default_name(self.model, inputs, None)!r} works"
+        except LayerError:  # pragma: no cover - nothing better to suggest
+            hint = ""
         warnings.warn(
             f"{self.name}: the gradient at every patch token of layer {name!r} is exactly zero "
             f"({why}), so the map is empty. Pick an earlier layer, e.g. the last block's first "
