@@ -32,7 +32,7 @@ from .._targets import Target, logits_of, resolve
 from .._validate import check_positive_int
 from ..attribution import register
 from ..errors import InputError, MethodError
-from .base import CAMMethod, Capture
+from .base import CAMMethod, Capture, Reshape
 from .gradcam import weighted_sum
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -121,7 +121,7 @@ class ScoreCAM(CAMMethod):
     Args:
         model: the model.
         layer: see :class:`~flashtorch.cam.base.CAMMethod` (also ``call``, ``relu``,
-            ``normalize``, ``interpolation``, ``eval_mode``, ``fast``, ``amp``).
+            ``normalize``, ``interpolation``, ``reshape``, ``eval_mode``, ``fast``, ``amp``).
         internal_batch_size: masked inputs per forward pass; peak memory is that of one such
             batch.
         mask_align_corners: upsampling convention of the masks (``False``: as the CAM's own
@@ -147,6 +147,7 @@ class ScoreCAM(CAMMethod):
         relu: bool = True,
         normalize: bool = True,
         interpolation: str = "bilinear",
+        reshape: Reshape | None = None,
         eval_mode: bool = True,
         fast: bool = False,
         amp: bool = False,
@@ -158,6 +159,7 @@ class ScoreCAM(CAMMethod):
             relu=relu,
             normalize=normalize,
             interpolation=interpolation,
+            reshape=reshape,
             eval_mode=eval_mode,
             fast=fast,
             amp=amp,
