@@ -995,6 +995,9 @@ def run(
         raise FileNotFoundError(f"no folder or list file at {source!r}; check the path")
     if device != "auto":
         resolve_device(device)
+    from .runs.store import require_runs_extra
+
+    require_runs_extra()  # a missing extra fails before the output folder is made
     check_output_dir(out_dir)
     rank0 = os.environ.get("RANK", "0") in ("", "0")
     summary = run_dataset(

@@ -104,11 +104,35 @@ def init(device: str | torch.device | None = None) -> Context:
     owns = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
+        store = _attempt_store(rank, world)
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://")
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
         owns = True
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return Context(rank, world, local, dev, owns)
+
+
+def _attempt_store(rank: int, world: int) -> Any:
+    """The store of ``torchrun`` under a prefix for this attempt, or ``None`` (plain env://).
+
+    After ``--max-restarts`` restarts the group, the agent's store can still hold the
+    previous attempt's keys (the dead processes' addresses): a restarted group would then try
+    to connect to them and fail. A prefix per ``TORCHELASTIC_RESTART_COUNT`` keeps every
+    attempt's keys apart.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT", "")
+    if not addr or not port.isdigit() or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    base = _create_c10d_store(addr, int(port), rank, world, timedelta(minutes=30))
+    return dist.PrefixStore(f"/flashtorch/attempt_{attempt}/", base)
 
 
 def share(todo: Sequence[int], rank: int, world_size: int) -> list[int]:
