@@ -53,4 +53,20 @@ __all__ = [
     "get_method",
     "graphed",
     "reduce_channels",
+    "open_run",
+    "run",
 ]
+
+_LAZY = {"run": "run", "open_run": "open_run"}
+
+
+def __getattr__(name: str) -> object:
+    """``flashtorch.run`` and ``flashtorch.open_run``, imported on first use.
+
+    So ``import flashtorch`` stays light: zarr and pyarrow are needed only when a run starts.
+    """
+    if name in _LAZY:
+        from . import runs
+
+        return getattr(runs, _LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

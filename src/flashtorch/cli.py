@@ -5,6 +5,8 @@ Subcommands::
     flashtorch explain IMAGE... [--model M] [--method NAME|all] [--target CLASS|INDEX]
                                 [--layer L] [--out DIR] [--format png|npy|both] [--device D]
     flashtorch report IMAGE... [--method ...] -o report.html
+    flashtorch report --run DIR -o report.html
+    flashtorch run SOURCE --method NAME,... --out DIR [--model M] [--target ...] [--overwrite]
     flashtorch classes QUERY
     flashtorch layers [--model M]
     flashtorch methods
@@ -819,11 +821,14 @@ def explain(
 # --------------------------------------------------------------------------------------------
 
 
-@cli.command(short_help="One self-contained HTML report of IMAGE...")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@cli.command(short_help="One self-contained HTML report of IMAGE... (or of a run).")
+@click.argument("images", nargs=-1, required=False, metavar="IMAGE...")
 @click.option("-o", "--output", "output", required=True, metavar="FILE.html",
               type=click.Path(dir_okay=True, path_type=Path),
               help="The HTML file to write (one self-contained file).")
+@click.option("--run", "run_dir", metavar="DIR", type=click.Path(path_type=Path),
+              help="Report a run made by 'flashtorch run' instead of IMAGE...: aggregate "
+              "table and a sample of its images.")
 @_model_options
 @click.option("--methods", "--method", "methods", multiple=True, metavar="NAME,...|all",
               help="Methods to show side by side (default: gradient, guided, smoothgrad, "
@@ -839,16 +844,25 @@ def explain(
 @_common_options
 @click.pass_context
 def report(
-    ctx: click.Context, images: tuple[str, ...], output: Path, model_spec: str, device: str,
+    ctx: click.Context, images: tuple[str, ...], output: Path, run_dir: Path | None,
+    model_spec: str, device: str,
     trust_pickle: bool, methods: tuple[str, ...], target: str | None, layer: str | None,
     size: int | None, title: str, cmap: str, alpha: float, opts: tuple[str, ...],
     batch_size: int,
 ) -> None:
     """Write ONE self-contained HTML report for IMAGE...: inputs, top-5, maps, timings.
 
+    With --run DIR instead of images: the report of a run (aggregate table per method, and
+    the most and least confident images and those where the methods disagree most).
     Images are embedded as data URIs; the page loads nothing from the network.
     """
     from matplotlib import colormaps
+
+    if run_dir is not None:
+        _report_run(ctx, images, run_dir, output, title, cmap, alpha)
+        return
+    if not images:
+        _usage("give IMAGE... to explain, or --run DIR to report a run")
 
     from . import available_methods
     from .report import (
@@ -906,6 +920,121 @@ def report(
     )
     write_report(output, html)
     _info(ctx, f"wrote {output} ({len(html) / 1e6:.1f} MB)")
+
+
+def _report_run(ctx: click.Context, images: Sequence[str], run_dir: Path, output: Path,
+                title: str, cmap: str, alpha: float) -> None:
+    from matplotlib import colormaps
+
+    from .report import write_report
+
+    if images:
+        _usage("give either IMAGE... or --run DIR, not both")
+    if cmap not in colormaps:
+        _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
+    if not (run_dir / "maps.zarr").is_dir():
+        _usage(f"--run {str(run_dir)!r} holds no run (no maps.zarr inside); make one with "
+               "'flashtorch run'")
+    check_output_file(output)
+    from .runs.report import build_run_report
+
+    html = build_run_report(run_dir, command=_command_line(ctx), title=title, cmap=cmap,
+                            alpha=alpha)
+    write_report(output, html)
+    _info(ctx, f"wrote {output} ({len(html) / 1e6:.1f} MB)")
+
+
+# --------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------
+
+
+def _run_target(value: str | None) -> int | str | None:
+    """``--target`` of ``run``: ``column``, ``folder``, an index or a class name."""
+    if value is None or value.strip().lower() in ("predicted", "top", ""):
+        return None
+    text = value.strip()
+    if text.lower() in ("column", "folder"):
+        return text.lower()
+    if re.fullmatch(r"[+-]?\d+", text):
+        index = int(text)
+        if index < 0:
+            _usage(f"--target {value!r}: a class index must be >= 0")
+        return index
+    return text  # a class name, looked up in the model's class index before any work
+
+
+@cli.command("run", short_help="A whole folder or list through methods into Zarr + Parquet.")
+@click.argument("source", metavar="SOURCE")
+@_model_options
+@click.option("--method", "--methods", "methods", multiple=True, metavar="NAME,...|all",
+              help="Method(s) to run: repeat or comma-separate (default: gradient).")
+@click.option("-o", "--out", "out_dir", required=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: DIR/maps.zarr and DIR/manifest.parquet.")
+@click.option("-t", "--target", metavar="CLASS|INDEX|column|folder",
+              help="Class to explain: an index or class name, 'column' (the list file's "
+              "second column), 'folder' (ImageFolder class sub-folders); default: each "
+              "image's predicted class.")
+@_LAYER_OPTION
+@_OPT_OPTION
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Images per batch.")
+@click.option("--workers", type=click.IntRange(0, 256), default=2, show_default=True,
+              help="DataLoader worker processes decoding images.")
+@_SIZE_OPTION
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="dtype of the stored maps.")
+@click.option("--metrics", "metrics", multiple=True, metavar="deletion,insertion",
+              help="Faithfulness AUCs per image and method (costs forward passes).")
+@click.option("--metric-step", type=click.FloatRange(0, 1, min_open=True), default=0.02,
+              show_default=True, help="Share of pixels changed per step of those curves.")
+@_SEED_OPTION
+@click.option("--overwrite", is_flag=True,
+              help="Delete a run already in DIR first (its own files only) and start afresh.")
+@_common_options
+@click.pass_context
+def run(
+    ctx: click.Context, source: str, model_spec: str, device: str, trust_pickle: bool,
+    methods: tuple[str, ...], out_dir: Path, target: str | None, layer: str | None,
+    opts: tuple[str, ...], batch_size: int, workers: int, size: int | None, dtype: str,
+    metrics: tuple[str, ...], metric_step: float, seed: int, overwrite: bool,
+) -> None:
+    """Explain every image of SOURCE into DIR/maps.zarr and DIR/manifest.parquet.
+
+    SOURCE is a folder (recursively, sorted) or a list file (.txt/.csv: one 'path[,target]'
+    per line). Every method runs on every image; a corrupt image becomes an error row.
+
+    Resumable: run the same command again after an interruption (even a kill) and it
+    finishes the missing images only. Under 'torchrun --nproc-per-node N -m flashtorch run
+    ...' each process takes a disjoint share (cuda:LOCAL_RANK, or the CPU with gloo).
+    """
+    from .runs import run as run_dataset
+    from .runs.engine import METRICS
+
+    names = parse_methods(methods, ("gradient",))
+    options = method_options(names, parse_options(opts), layer)
+    picked = [m.strip() for value in metrics for m in value.split(",") if m.strip()]
+    for metric in picked:
+        if metric not in METRICS:
+            _usage(f"--metrics {metric!r}: choose from {', '.join(METRICS)}")
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"no folder or list file at {source!r}; check the path")
+    if device != "auto":
+        resolve_device(device)
+    from .runs.store import require_runs_extra
+
+    require_runs_extra()  # a missing extra fails before the output folder is made
+    check_output_dir(out_dir)
+    rank0 = os.environ.get("RANK", "0") in ("", "0")
+    summary = run_dataset(
+        model_spec, source, options, out_dir, target=_run_target(target),
+        batch_size=batch_size, num_workers=workers, size=size, dtype=dtype, metrics=picked,
+        metric_step=metric_step, seed=seed, device=None if device == "auto" else device,
+        overwrite=overwrite, progress=not _quiet(ctx) and rank0, trust_pickle=trust_pickle,
+    )
+    if rank0:
+        _info(ctx, summary.line())
 
 
 # --------------------------------------------------------------------------------------------

@@ -358,6 +358,7 @@ def build_report(
     cmap: str = "jet",
     generated: str | None = None,
     timing_note: str = "",
+    extra_html: str = "",
 ) -> str:
     """Build the self-contained HTML report (a pure function of its arguments).
 
@@ -369,6 +370,8 @@ def build_report(
         cmap: the colour map the overlays use (drawn as a legend).
         generated: the timestamp text; default: now, local time, to the second.
         timing_note: a line under the timings table (how they were measured).
+        extra_html: trusted HTML placed between the run box and the images (already escaped
+            by the caller; e.g. the aggregate table of ``flashtorch report --run``).
 
     Returns:
         The HTML document as a string.
@@ -401,6 +404,7 @@ def build_report(
         f'style="background:{_gradient(cmap)}"></span><span>high</span>'
         f"<span>({_e(cmap)}; each map scaled to its own range, top 1% saturated)</span>"
         "</div></div></div>\n"
+        f"{extra_html}"
         f"{sections}\n"
         "<footer>Made by flashtorch. Self-contained: images are embedded, nothing is "
         "loaded from the network.</footer></main></body></html>\n"
