@@ -9,6 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from flashtorch import METHODS
+
+#: every registered method that runs on a CNN (the attention methods need a transformer:
+#: tests/test_attention.py and the transformer cases of tests/test_cleanup.py cover them).
+CNN_METHODS = [name for name, cls in METHODS.items() if not cls.needs_attention]
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "examples" / "images"
 
@@ -167,6 +173,7 @@ class CleanupTransformer(nn.Module):
             self.net = torchvision.models.VisionTransformer(
                 image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
                 mlp_dim=32, num_classes=4, dropout=0.5)
+            nn.init.normal_(self.net.heads.head.weight, std=0.5)  # torchvision starts it at zero
             blocks = self.net.encoder.layers
         elif kind == "hf":
             from transformers import ViTConfig, ViTForImageClassification

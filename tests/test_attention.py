@@ -185,7 +185,7 @@ def _check(model, x, targets, reference, method, prefix, grid, **options):
     assert result.maps.shape == (x.shape[0], 1, *x.shape[-2:])
     # (Hugging Face eager computes its softmax in float32 even in a float64 model)
     torch.testing.assert_close(result.extras["row"].double(), rows, atol=TOL, rtol=0)
-    expected = ref_map(rows, prefix, grid, tuple(x.shape[-2:])).float()
+    expected = ref_map(rows, prefix, grid, tuple(x.shape[-2:])).to(result.maps.dtype)
     torch.testing.assert_close(result.maps, expected, atol=TOL, rtol=0)
     return result
 
@@ -266,7 +266,8 @@ def test_average_pooled_models_explain_the_mean_patch_row():
             result = attribute(model, x, target=TARGETS, method=method)
             torch.testing.assert_close(result.extras["row"], expected[:, 0], atol=TOL, rtol=0)
             torch.testing.assert_close(
-                result.maps, ref_map(expected[:, 0], prefix, (4, 4), (32, 32)).float(),
+                result.maps,
+                ref_map(expected[:, 0], prefix, (4, 4), (32, 32)).to(result.maps.dtype),
                 atol=TOL, rtol=0)
 
 

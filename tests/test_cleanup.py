@@ -77,7 +77,7 @@ def test_registry_is_populated():
 
 
 #: methods that read attention probabilities: on the CNN they must refuse with a clear error.
-ATTENTION = [n for n in ALL if getattr(METHODS[n], "needs_attention", False)]
+ATTENTION = [n for n in ALL if METHODS[n].needs_attention]
 
 
 def test_attention_methods_are_registered():

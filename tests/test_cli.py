@@ -179,7 +179,7 @@ def test_explain_method_all_covers_every_registered_method(tmp_path):
     assert len(top5_lines(proc.stdout)) == 5
     # the attention methods refuse a CNN (EfficientNet-Lite0): 'all' drops them with a note
     attention = [m for m in available_methods()
-                 if getattr(get_method(m), "needs_attention", False)]
+                 if get_method(m).needs_attention]
     assert attention and all(f"skipped {m}: " in proc.stderr for m in attention)
     methods = [m for m in available_methods() if m not in attention]
     assert len(methods) >= 4

@@ -91,7 +91,7 @@ def on_cuda(resnet):
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items()
-                                         if not getattr(c, "needs_attention", False)))
+                                         if not c.needs_attention))
 def test_cuda_matches_cpu(resnet, name):
     model, x, target = resnet
     options = OPTIONS.get(name, {})
@@ -265,7 +265,7 @@ def test_graphed_amp(on_cuda):
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items()
-                                         if getattr(c, "needs_attention", False)))
+                                         if c.needs_attention))
 def test_attention_methods_on_cuda_match_cpu(name):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from flashtorch._validate import no_host_sync
 from flashtorch.attribution import AttributionMethod, MethodOutput
 from flashtorch.errors import InputError
 
-from .conftest import FAST_OPTIONS, CleanupNet, small_cnn
+from .conftest import CNN_METHODS, FAST_OPTIONS, CleanupNet, small_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +54,7 @@ def _filled(value: float) -> nn.Module:
     return net
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_all_zero_maps_warn_once_per_call(name):
     # every parameter zero: the score is constant, every method's map is zero
     method = METHODS[name](_filled(0.0), **FAST_OPTIONS.get(name, {}))
@@ -65,7 +65,7 @@ def test_all_zero_maps_warn_once_per_call(name):
         assert "image(s) 0, 1" in messages[0] and len(messages) == 1
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_non_finite_maps_warn_once_per_call(name):
     net = small_cnn()
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_non_finite_maps_warn_once_per_call(name):
         assert _count(messages, DROPOUT) == 0
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_no_guard_warning_in_the_normal_case(name):
     # class 1: every method's maps are non-zero on small_cnn (for class 2 Grad-CAM is zero on
     # one image: only negative evidence at the layer, which warns)
@@ -98,7 +98,7 @@ def test_only_the_images_with_zero_maps_are_named():
     assert messages == [m for m in messages if "image(s) 1 " in m] and len(messages) == 1
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_active_dropout_warns_once_per_call(name):
     torch.manual_seed(0)
     net = CleanupNet().train()
@@ -201,7 +201,7 @@ def test_check_maps_on_its_own():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_every_method_gives_the_same_maps_under_no_grad_and_inference_mode(name):
     options = FAST_OPTIONS.get(name, {})
     x = _x()

@@ -153,6 +153,8 @@ class AttributionMethod(abc.ABC):
     single_channel: ClassVar[bool] = False
     #: the method needs a layer (CAM family).
     needs_layer: ClassVar[bool] = False
+    #: the method reads attention probabilities (vision transformers only).
+    needs_attention: ClassVar[bool] = False
     #: the method is built on input gradients and can be wrapped (SmoothGrad...).
     gradient_based: ClassVar[bool] = False
 

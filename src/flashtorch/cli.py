@@ -666,7 +666,7 @@ def run_methods(
                 res = method(x, target=target)
             except MethodError as exc:
                 if not (skip_inapplicable and start == 0
-                        and getattr(method, "needs_attention", False)):
+                        and method.needs_attention):
                     raise
                 click.echo(f"flashtorch: skipped {name}: {exc}", err=True)
                 del instances[name]
