@@ -20,7 +20,7 @@ from flashtorch.saliency import Backprop
 from flashtorch.utils import ImageNetIndex, apply_transforms, load_image
 
 HERE = Path(__file__).resolve().parent
-PHOTOS = [("chelsea.jpg", "tabby"), ("coffee.jpg", "espresso"), ("rocket.jpg", "missile")]
+PHOTOS = [("chelsea.jpg", "Egyptian cat"), ("coffee.jpg", "espresso"), ("rocket.jpg", "missile")]
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # Transform the input image to a tensor
     owl = apply_transforms(image)
 
-    # Set a target class from ImageNet task: 281 in case of a tabby cat
+    # Set a target class from ImageNet task: 285 (Egyptian cat), what the model sees here
     target_class = ImageNetIndex()[PHOTOS[0][1]]
 
     # Ready to roll!

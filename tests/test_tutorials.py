@@ -42,7 +42,7 @@ needs_pretrained = pytest.mark.skipif(not has_pretrained(),
 def test_saliency_with_backprop_first_photo(tmp_path, recwarn):
     _pngs(_main("tutorial_saliency_backprop")(["--out", str(tmp_path), "--photos", "1"]), 1,
           min_width=800)
-    assert not [w for w in recwarn if "predicted class" in str(w.message)]  # the cat is a tabby
+    assert not [w for w in recwarn if "predicted class" in str(w.message)]  # target = prediction
 
 
 @needs_pretrained
