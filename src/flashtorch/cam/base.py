@@ -115,7 +115,7 @@ from torch import Tensor, nn
 
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
 from .._targets import Target, logits_of, prepare_target, resolve
-from .._tokens import TokenLayout, infer_layout, token_info, try_layout
+from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
 from .._validate import check_images, syncs_allowed
 from ..attribution import AttributionMethod, MethodOutput
 from ..errors import LayerError, MethodError
@@ -171,20 +171,6 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _inside_attention(model: nn.Module) -> set[int]:
-    """Ids of the attention submodules (class name ending in ``Attention``) and everything in them.
-
-    Their outputs are queries, keys, values, per-head tensors or the attention's own output,
-    not the token stream a CAM reads (timm ``Attention``/``WindowAttention``, torchvision
-    ``nn.MultiheadAttention``, Hugging Face ``ViTAttention``/``ViTSelfAttention``...).
-    """
-    skip: set[int] = set()
-    for name, module in model.named_modules():
-        if name and id(module) not in skip and type(module).__name__.endswith("Attention"):
-            skip.update(id(m) for m in module.modules())
-    return skip
-
-
 def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
     """The default layer for ``inputs``: one forward and one backward (module docstring).
 
@@ -194,7 +180,7 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
     """
     info = token_info(model)
     batch, hw = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
-    skip = _inside_attention(model)
+    skip = attention_internals(model)
     calls: dict[nn.Module, int] = {}
     found: list[tuple[str, nn.Module, Tensor, TokenLayout]] = []
 
