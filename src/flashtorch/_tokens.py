@@ -253,10 +253,26 @@ def try_layout(
         return None
 
 
+def attention_internals(model: nn.Module) -> set[int]:
+    """Ids of the attention submodules (class name ending in ``Attention``) and all inside them.
+
+    Their outputs are queries, keys, values, per-head tensors or the attention's own output,
+    not the token stream a CAM reads (timm ``Attention``/``WindowAttention``, torchvision
+    ``nn.MultiheadAttention``, Hugging Face ``ViTAttention``/``ViTSelfAttention``...). The root
+    module is never counted.
+    """
+    skip: set[int] = set()
+    for name, module in model.named_modules():
+        if name and id(module) not in skip and type(module).__name__.endswith("Attention"):
+            skip.update(id(m) for m in module.modules())
+    return skip
+
+
 __all__ = [
     "MAX_PREFIX",
     "TokenInfo",
     "TokenLayout",
+    "attention_internals",
     "grids_for",
     "infer_layout",
     "plausible_grid",

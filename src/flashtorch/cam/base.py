@@ -115,7 +115,7 @@ from torch import Tensor, nn
 
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
 from .._targets import Target, detach_output, explained_output, prepare_target, resolve
-from .._tokens import TokenLayout, infer_layout, token_info, try_layout
+from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
 from .._validate import check_images, syncs_allowed
 from ..attribution import AttributionMethod, MethodOutput
 from ..errors import LayerError, MethodError
@@ -182,20 +182,6 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12, rtol: float | None = None) 
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _inside_attention(model: nn.Module) -> set[int]:
-    """Ids of the attention submodules (class name ending in ``Attention``) and everything in them.
-
-    Their outputs are queries, keys, values, per-head tensors or the attention's own output,
-    not the token stream a CAM reads (timm ``Attention``/``WindowAttention``, torchvision
-    ``nn.MultiheadAttention``, Hugging Face ``ViTAttention``/``ViTSelfAttention``...).
-    """
-    skip: set[int] = set()
-    for name, module in model.named_modules():
-        if name and id(module) not in skip and type(module).__name__.endswith("Attention"):
-            skip.update(id(m) for m in module.modules())
-    return skip
-
-
 def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
     """The default layer for ``inputs``: one forward and one backward (module docstring).
 
@@ -205,7 +191,7 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
     """
     info = token_info(model)
     batch, hw = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
-    skip = _inside_attention(model)
+    skip = attention_internals(model)
     calls: dict[nn.Module, int] = {}
     found: list[tuple[str, nn.Module, Tensor, TokenLayout]] = []
 
@@ -415,7 +401,8 @@ class CAMMethod(AttributionMethod):
 
     Args:
         model: an image model mapping ``(B, C, H, W)`` to ``(B, num_classes)``.
-        layer: module or dotted name; ``None`` finds the last spatial layer (module docstring).
+        layer: module or dotted name; ``None`` finds the default layer: the last map the target
+            score depends on (module docstring).
         call: which call of a module that runs several times in one forward pass (0-based);
             ``None`` refuses such modules with :class:`~flashtorch.errors.SharedModuleError`.
         relu: keep only the positive part of the coarse map.
