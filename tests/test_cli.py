@@ -302,8 +302,8 @@ def test_layers_lists_token_layers_with_their_layout(capsys, models_module):
     code, out, _ = call(capsys, "layers", "--model", "clitestmodels:vit", "--size", "32")
     assert code == 0
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
-    assert rows["blocks.1.norm1"] == ["LayerNorm", "1x17x16", "tokens", "1+4x4"]
-    assert rows["patch_embed.proj"] == ["Conv2d", "1x16x4x4", "nchw", "4x4"]
+    assert rows["blocks.1.norm1"] == ["LayerNorm", "1x17x32", "tokens", "1+4x4"]
+    assert rows["patch_embed.proj"] == ["Conv2d", "1x32x4x4", "nchw", "4x4"]
     assert rows["blocks.1.attn.q_norm"][-1] == "-"  # per-head queries: no map
     assert rows["head"][-1] == "-"
 

@@ -180,12 +180,12 @@ def test_apply_transforms_returns_a_leaf_that_requires_grad(tiny_cnn):
 def test_methods_leave_a_requires_grad_input_alone(tiny_cnn):
     from flashtorch import METHODS
 
-    from .conftest import FAST_OPTIONS
+    from .conftest import CNN_METHODS, FAST_OPTIONS
 
     x = apply_transforms(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8), 32)
     before = x.detach().clone()
-    for name, cls in METHODS.items():
-        result = cls(tiny_cnn, **FAST_OPTIONS.get(name, {}))(x, 1)
+    for name in CNN_METHODS:
+        result = METHODS[name](tiny_cnn, **FAST_OPTIONS.get(name, {}))(x, 1)
         assert not result.maps.requires_grad, name
         assert x.requires_grad and x.is_leaf and x.grad is None, name
         assert torch.equal(x.detach(), before), name

@@ -53,6 +53,10 @@ differentiated and no parameter is frozen). The layer is
     has a layout (above) with ``h * w > 1`` and **whose map the target score depends on**: a
     non-zero gradient at some grid position.
 
+When the score's gradient is zero at every candidate (a zero-initialised head, such as
+torchvision's untrained ViT), the last candidate is used for that call only (not remembered) and
+the all-zero map gets the call's warning.
+
 Excluded: adaptive pooling (``nn.AdaptiveAvgPool2d``/``nn.AdaptiveMaxPool2d``: VGG's resampling
 to ``7 x 7``), the root, shared modules, everything inside an attention module (class name ending
 in ``Attention``: timm's ``Attention``/``WindowAttention``, ``nn.MultiheadAttention``, Hugging
@@ -182,8 +186,11 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12, rtol: float | None = None) 
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
-    """The default layer for ``inputs``: one forward and one backward (module docstring).
+def _discover(model: nn.Module, inputs: Tensor, target: Target) -> tuple[str, bool]:
+    """The default layer for ``inputs`` and whether to remember it: one forward and one backward.
+
+    See the module docstring. When the score's gradient is zero at every candidate map, the
+    last candidate is returned and not remembered (the choice depends on weights then).
 
     The forward pass runs without gradients up to the first map, which becomes an autograd leaf
     (nothing upstream is differentiated, no parameter is frozen); the grad mode is restored on
@@ -239,13 +246,12 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
     for i in range(len(grads) - 1, first_tokens - 1, -1):
         g = grads[i]
         if g is not None and bool(usable[i][3].to_map(g).ne(0).any()):
-            return usable[i][0]
+            return usable[i][0], True
     if any(g is not None for g in grads):
-        raise LayerError(
-            f"could not find a default CAM layer in {type(model).__name__}: the target score's "
-            "gradient is exactly zero at every candidate map (a zero-initialised classifier, "
-            "as torchvision's untrained ViT head?); pass layer="
-        )
+        # the score's gradient is exactly zero at every map (a zero-initialised head, as
+        # torchvision's untrained ViT): nothing to choose by, so the last map, not remembered
+        # (the call's all-zero-map warning says why the map is empty)
+        return usable[-1][0], False
     shared = sorted({c[0] for c in found if calls[c[1]] > 1})
     extra = f" (modules that ran several times did: {', '.join(shared)}; pass layer= and call=)" \
         if shared else ""
@@ -293,8 +299,9 @@ def _default_name(model: nn.Module, inputs: Tensor, target: Target) -> str:
     key = _memo_key(model, inputs)
     name = _DEFAULT_LAYERS.get(model, {}).get(key)
     if name is None:
-        name = _discover(model, inputs, target)
-        _DEFAULT_LAYERS.setdefault(model, {})[key] = name
+        name, remember = _discover(model, inputs, target)
+        if remember:
+            _DEFAULT_LAYERS.setdefault(model, {})[key] = name
     return name
 
 
