@@ -126,3 +126,72 @@ class BatchSpy:
 
     def __exit__(self, *exc):
         self.handle.remove()
+
+
+class Armable(nn.Module):
+    """Wraps a block; raises ``boom`` after it runs when armed (mid-forward, attention seen)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.armed = False
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if self.armed:
+            raise RuntimeError("boom: a module that raises")
+        return out
+
+
+class CleanupTransformer(nn.Module):
+    """A tiny vision transformer (16 x 16 inputs, 4 classes) whose second block can raise.
+
+    ``kind``: ``"timm"`` (``VisionTransformer``, fused attention as timm sets it - on),
+    ``"torchvision"`` (``VisionTransformer``, ``nn.MultiheadAttention``) or ``"hf"``
+    (``ViTForImageClassification`` in ``sdpa`` mode). ``model.armed = True`` arms the block.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        if kind == "timm":
+            import timm
+
+            self.net = timm.models.VisionTransformer(
+                img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=4,
+                drop_rate=0.5)
+            blocks = self.net.blocks
+        elif kind == "torchvision":
+            import torchvision
+
+            self.net = torchvision.models.VisionTransformer(
+                image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                mlp_dim=32, num_classes=4, dropout=0.5)
+            blocks = self.net.encoder.layers
+        elif kind == "hf":
+            from transformers import ViTConfig, ViTForImageClassification
+
+            config = ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=32, num_labels=4,
+                               hidden_dropout_prob=0.5, attn_implementation="sdpa")
+            self.net = ViTForImageClassification(config)
+            blocks = self.net.vit.layers
+        else:
+            raise ValueError(kind)
+        self.kind = kind
+        blocks[1] = Armable(blocks[1])
+
+    def _bomb(self) -> Armable:
+        return next(m for m in self.modules() if isinstance(m, Armable))
+
+    @property
+    def armed(self) -> bool:
+        return self._bomb().armed
+
+    @armed.setter
+    def armed(self, value: bool) -> None:
+        self._bomb().armed = value
+
+    def forward(self, x):
+        out = self.net(x)
+        return out.logits if self.kind == "hf" else out

@@ -6,9 +6,9 @@ import torch
 import flashtorch
 from flashtorch import METHODS, attribute
 from flashtorch._surgery import hook_count
-from flashtorch.errors import TargetError
+from flashtorch.errors import MethodError, TargetError
 
-from .conftest import FAST_OPTIONS, CleanupNet
+from .conftest import FAST_OPTIONS, CleanupNet, CleanupTransformer
 
 
 def _snapshot(model):
@@ -20,6 +20,12 @@ def _snapshot(model):
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "hooks": hook_count(model),
         "grad_mode": torch.is_grad_enabled(),
+        # how attention is computed: timm's fused_attn flags, Hugging Face's implementation
+        "attention": [
+            (getattr(m, "fused_attn", None),
+             getattr(getattr(m, "config", None), "_attn_implementation", None))
+            for m in model.modules()
+        ],
     }
 
 
@@ -34,6 +40,7 @@ def _assert_same(model, snap):
         assert torch.equal(now["state"][k], v), f"{k} changed (parameters or BN statistics)"
     assert now["hooks"] == snap["hooks"], "hooks left on the model"
     assert now["grad_mode"] == snap["grad_mode"], "grad mode not put back"
+    assert now["attention"] == snap["attention"], "fused_attn / attention implementation changed"
     assert torch._C._len_torch_function_stack() == 0, "a TorchFunctionMode is still active"
 
 
@@ -67,13 +74,25 @@ def test_registry_is_populated():
     assert expected <= set(flashtorch.available_methods())
 
 
+#: methods that read attention probabilities: on the CNN they must refuse with a clear error.
+ATTENTION = [n for n in ALL if getattr(METHODS[n], "needs_attention", False)]
+
+
+def test_attention_methods_are_registered():
+    assert {"attention_rollout", "gradient_rollout"} <= set(ATTENTION)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_normal_run_restores_everything(name):
     model, x = _prepared_model(), _input()
     before_x, snap = x.detach().clone(), _snapshot(model)
-    result = attribute(model, x, target=[1, 2], method=name, **FAST_OPTIONS.get(name, {}))
-    assert result.maps.shape[0] == 2 and result.maps.shape[-2:] == (16, 16)
-    assert torch.isfinite(result.maps).all()
+    if name in ATTENTION:  # a CNN has no attention: a clear error, never a silent map
+        with pytest.raises(MethodError, match="no self-attention ran.*gradcam"):
+            attribute(model, x, target=[1, 2], method=name, **FAST_OPTIONS.get(name, {}))
+    else:
+        result = attribute(model, x, target=[1, 2], method=name, **FAST_OPTIONS.get(name, {}))
+        assert result.maps.shape[0] == 2 and result.maps.shape[-2:] == (16, 16)
+        assert torch.isfinite(result.maps).all()
     _assert_same(model, snap)
     _check_input(x, before_x)
 
@@ -91,6 +110,70 @@ def test_bad_target_restores_everything(name):
 @pytest.mark.parametrize("name", ALL)
 def test_raising_module_restores_everything(name):
     model, x = _prepared_model(), _input()
+    before_x = x.detach().clone()
+    model.armed = True
+    snap = _snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        attribute(model, x, target=1, method=name, **FAST_OPTIONS.get(name, {}))
+    _assert_same(model, snap)
+    _check_input(x, before_x)
+
+
+# --- the same on tiny vision transformers (timm fused attention, torchvision's
+# nn.MultiheadAttention, Hugging Face sdpa), for every registered method -----------------------
+
+TRANSFORMERS = ("timm", "torchvision", "hf")
+
+
+def _prepared_transformer(kind):
+    model = CleanupTransformer(kind)
+    model.train()
+    first = next(m for m in model.modules() if type(m).__name__ in
+                 ("Block", "EncoderBlock", "ViTLayer"))
+    first.eval()  # mixed flags must come back exactly
+    head = [p for p in model.parameters()][-1]
+    head.requires_grad_(False)
+    weight = [p for p in model.parameters()][-2]
+    weight.grad = torch.ones_like(weight)
+    first.register_forward_hook(lambda *a: None)  # the user's own hook stays
+    return model
+
+
+@pytest.fixture(scope="module")
+def fused_defaults():
+    """The attention flags as built: timm fused on, Hugging Face in sdpa (else the test is void)."""
+    timm_model = CleanupTransformer("timm")
+    assert all(m.fused_attn for m in timm_model.modules() if hasattr(m, "fused_attn"))
+    assert CleanupTransformer("hf").net.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("kind", TRANSFORMERS)
+@pytest.mark.parametrize("name", ALL)
+def test_transformer_normal_run_restores_everything(name, kind, fused_defaults):
+    model, x = _prepared_transformer(kind), _input()
+    before_x, snap = x.detach().clone(), _snapshot(model)
+    result = attribute(model, x, target=[1, 2], method=name, **FAST_OPTIONS.get(name, {}))
+    assert result.maps.shape[0] == 2 and result.maps.shape[-2:] == (16, 16)
+    assert torch.isfinite(result.maps).all()
+    _assert_same(model, snap)
+    _check_input(x, before_x)
+
+
+@pytest.mark.parametrize("kind", TRANSFORMERS)
+@pytest.mark.parametrize("name", ALL)
+def test_transformer_bad_target_restores_everything(name, kind, fused_defaults):
+    model, x = _prepared_transformer(kind), _input()
+    before_x, snap = x.detach().clone(), _snapshot(model)
+    with pytest.raises(TargetError):
+        attribute(model, x, target=99, method=name, **FAST_OPTIONS.get(name, {}))
+    _assert_same(model, snap)
+    _check_input(x, before_x)
+
+
+@pytest.mark.parametrize("kind", TRANSFORMERS)
+@pytest.mark.parametrize("name", ALL)
+def test_transformer_raising_module_restores_everything(name, kind, fused_defaults):
+    model, x = _prepared_transformer(kind), _input()
     before_x = x.detach().clone()
     model.armed = True
     snap = _snapshot(model)

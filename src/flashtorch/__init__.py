@@ -16,11 +16,12 @@ from __future__ import annotations
 
 __version__ = "1.0.0"
 
-# Importing the method packages registers their methods (gradient family first, then CAMs).
+# Importing the method packages registers their methods (gradient family first, then CAMs,
+# then the attention methods).
 from . import saliency  # noqa: E402,F401
 
 # isort: split
-from . import activmax, cam, metrics  # noqa: E402,F401
+from . import activmax, attention, cam, metrics  # noqa: E402,F401
 from ._fast import clear_fast_cache  # noqa: E402
 from ._graphs import GraphedMethod, graphed  # noqa: E402
 from .api import attribute  # noqa: E402
@@ -36,6 +37,7 @@ from .saliency import Backprop  # noqa: E402
 
 __all__ = [
     "activmax",
+    "attention",
     "cam",
     "metrics",
     "saliency",

@@ -8,9 +8,9 @@ a callable ``f(output) -> (B,)`` that turns the model output into one score per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -53,6 +53,34 @@ class Resolved:
     indices: Tensor | None
 
 
+def logits_of(output: Any) -> Tensor:
+    """The logits tensor inside a model's output.
+
+    Accepted: a tensor; an object with a tensor attribute ``logits`` (Hugging Face
+    ``ImageClassifierOutput`` and other ``ModelOutput`` classes); a mapping with a ``"logits"``
+    entry; a tuple or list whose first element is a tensor (``return_dict=False`` outputs,
+    torchvision's ``InceptionOutputs``). Targets (indices, names and callables) resolve on
+    what this returns.
+
+    Raises:
+        TargetError: the output holds no recognisable logits tensor.
+    """
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TargetError(
+        f"the model returned a {type(output).__name__}, not a tensor of scores; flashtorch "
+        "reads a tensor, an output's .logits, a dict's 'logits' or a tuple's first element. "
+        "Wrap the model so that it returns a (B, num_classes) tensor"
+    )
+
+
 def class_out_of_range(value: int, num_classes: int) -> TargetError:
     """The error for a class index outside ``0..num_classes - 1``."""
     return TargetError(
@@ -87,6 +115,7 @@ def target_indices(target: Target, output: Tensor) -> Tensor | None:
     """
     if callable(target) and not isinstance(target, Tensor):
         return None
+    output = logits_of(output)
     if output.dim() != 2:
         raise TargetError(
             f"class targets need a model output of shape (B, num_classes), got "
@@ -179,9 +208,14 @@ def prepare_target(target: Target, batch: int, device: torch.device) -> Target:
 def resolve(target: Target, output: Tensor) -> Resolved:
     """Select the score to explain for every sample.
 
+    Args:
+        target: see the module docstring.
+        output: the model output; its logits (:func:`logits_of`) are what targets select from.
+
     Returns:
         :class:`Resolved` with ``scores[b] = output[b, index[b]]`` (or ``target(output)``).
     """
+    output = logits_of(output)
     if callable(target) and not isinstance(target, Tensor):
         scores = target(output)
         if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
@@ -201,6 +235,7 @@ __all__ = [
     "Resolved",
     "Target",
     "class_out_of_range",
+    "logits_of",
     "prepare_target",
     "resolve",
     "target_indices",

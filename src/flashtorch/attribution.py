@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._surgery import model_device, preserved_state
-from ._targets import Target, prepare_target, resolve
+from ._targets import Target, logits_of, prepare_target, resolve
 from ._validate import check_images, syncs_allowed
 from .errors import MethodError
 
@@ -236,7 +236,7 @@ class AttributionMethod(abc.ABC):
         home = inputs.device
         predicted: Tensor | None = None
         if out.output is not None:
-            output = out.output.detach()
+            output = logits_of(out.output).detach()
             predicted = output.argmax(1) if output.dim() == 2 else output.new_zeros(
                 output.shape[0], dtype=torch.long
             )

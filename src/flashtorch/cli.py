@@ -610,10 +610,14 @@ def run_methods(
     batch_size: int,
     progress: Any,
     on_image: Callable[[ImageResult], None] | None = None,
+    skip_inapplicable: bool = False,
 ) -> Iterator[ImageResult]:
     """Run each method on each image file (in batches); yields one :class:`ImageResult` each.
 
-    ``on_image`` is called with each image's predictions before its maps are computed.
+    ``on_image`` is called with each image's predictions before its maps are computed. With
+    ``skip_inapplicable`` (``--method all``) an attention method that refuses the model on the
+    first batch (a CNN has no attention; windowed attention) is dropped with a note on stderr
+    instead of failing the command; named explicitly, it fails with its message.
     """
     import torch
 
@@ -646,10 +650,19 @@ def run_methods(
                 on_image(result)
         if start == 0:  # warm-up (lazy initialisation, kernel selection): keeps timings fair
             get_method("gradient")(loaded.model)(x, target=target)
-        for name, method in instances.items():
+        for name, method in list(instances.items()):
             _sync(loaded.device)
             t0 = time.perf_counter()
-            res = method(x, target=target)
+            try:
+                res = method(x, target=target)
+            except MethodError as exc:
+                if not (skip_inapplicable and start == 0
+                        and getattr(method, "needs_attention", False)):
+                    raise
+                click.echo(f"flashtorch: skipped {name}: {exc}", err=True)
+                del instances[name]
+                progress.update(len(paths))
+                continue
             _sync(loaded.device)
             seconds = (time.perf_counter() - t0) / len(chunk)
             res = res.cpu()
@@ -706,6 +719,11 @@ _BATCH_OPTION = click.option(
     "--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
     help="Images per forward/backward pass.",
 )
+
+
+def _wants_all(values: Sequence[str]) -> bool:
+    """Whether ``--method`` values include ``all``."""
+    return any(v.strip().lower() == "all" for value in values for v in value.split(","))
 
 
 def _prepare(
@@ -775,7 +793,8 @@ def explain(
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "explain") as bar:
         for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
-                                  on_image=lambda r: _echo(_format_top(r))):
+                                  on_image=lambda r: _echo(_format_top(r)),
+                                  skip_inapplicable=_wants_all(methods)):
             for item in result.maps:
                 base = out_dir / f"{result.stem}_{item.method}"
                 if fmt in ("png", "both"):
@@ -850,7 +869,8 @@ def report(
     entries = []
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "report") as bar:
-        for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar):
+        for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
+                                  skip_inapplicable=_wants_all(methods)):
             panels = []
             for item in result.maps:
                 label = ""

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
-from .._targets import Target, resolve
+from .._targets import Target, logits_of, resolve
 from .._validate import check_images
 from ..attribution import AttributionMethod, MethodOutput
 from ..errors import LayerError, MethodError
@@ -486,7 +486,7 @@ class CAMMethod(AttributionMethod):
             inputs=inputs,
             activation=activation.detach().float(),
             gradient=None if gradient is None else gradient.detach().float(),
-            output=output.detach(),
+            output=logits_of(output).detach(),
             scores=scores.detach(),
             indices=indices,
             layer=name,
