@@ -439,7 +439,7 @@ def gradcam_candidates(depth: int) -> list[str | None]:
     names += [f"blocks.{last}.attn", f"blocks.{last}.norm2"]
     for i in range(last - 1, -1, -1):
         names += [f"blocks.{i}.norm1", f"blocks.{i}"]
-    return names + ["patch_embed"]
+    return names + ["patch_embed.proj"]
 
 
 def other_class_correlation(model, x, y, method: str, classes: int) -> float:
@@ -659,14 +659,19 @@ def vit_findings(summary) -> list[str]:
     other = summary["other_class"]
     agnostic = {m: v for m, v in other.items() if v >= 0.99}
     if agnostic:
-        out.append(
+        line = (
             "- **Class-agnostic**: "
             + ", ".join(f"`{m}` {v:.3f}" for m, v in agnostic.items())
-            + " rank correlation between the maps for the true and for another class. "
-            "Attention rollout multiplies the attention matrices of the forward pass, which do "
-            "not depend on the target, so by construction it shows the same map for every "
-            "class; it can say where the model looks, not what evidence is for which class."
+            + " rank correlation between the maps for the true and for another class."
         )
+        if "attention_rollout" in agnostic:
+            line += (
+                " Attention rollout multiplies the attention matrices of the forward pass, "
+                "which do not depend on the target, so by construction it draws the same map "
+                "for every class: it shows where the model looks, not which evidence speaks "
+                "for which class."
+            )
+        out.append(line)
     dependent = {m: v for m, v in other.items() if v < 0.99}
     if dependent:
         out.append(
