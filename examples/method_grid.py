@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flashtorch import attribute, available_methods
+from flashtorch import METHODS, attribute, available_methods
 from flashtorch.models import load_pretrained
 from flashtorch.plot import attribution_grid
 from flashtorch.utils import ImageNetIndex, apply_transforms, load_image
@@ -23,7 +23,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/methods_grid.png"))
     parser.add_argument("--photos", nargs="+", default=["chelsea.jpg", "coffee.jpg"])
-    parser.add_argument("--methods", nargs="+", default=available_methods())
+    # the bundled model is a CNN: the attention methods (transformers only) are left out
+    parser.add_argument("--methods", nargs="+", default=[
+        m for m in available_methods() if not getattr(METHODS[m], "needs_attention", False)])
     args = parser.parse_args()
 
     model = load_pretrained()

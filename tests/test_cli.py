@@ -50,6 +50,14 @@ def tiny():
     )
 
 
+def vit():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                         num_heads=2, num_classes=10)
+
+
 class Boom(nn.Module):
     def __init__(self):
         super().__init__()
@@ -300,6 +308,22 @@ def test_explain_on_a_factory_model_labels_classes_by_index(capsys, models_modul
     assert f"wrote 4 file(s) to {out_dir}" in out
     for name in ("coffee_gradient", "coffee_gradcam", "chelsea_gradient", "chelsea_gradcam"):
         assert png_array(out_dir / f"{name}.png").shape == (24, 24, 3)
+
+
+def test_attention_methods_on_a_vit_and_their_error_on_a_cnn(capsys, models_module, tmp_path):
+    pytest.importorskip("timm")
+    out_dir = tmp_path / "o"
+    code, out, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:vit", "--size",
+                          "32", "--method", "attention_rollout,gradient_rollout", "--target", "3",
+                          "--format", "npy", "-o", str(out_dir))
+    assert code == 0, err
+    for name in ("coffee_attention_rollout", "coffee_gradient_rollout"):
+        raw = np.load(out_dir / f"{name}.npy")
+        assert raw.shape == (1, 32, 32) and raw.min() == 0 and raw.max() == 1
+    # named explicitly on a CNN: the method's own message, not a silent skip
+    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:tiny", "--size",
+                        "16", "--method", "gradient_rollout", "-o", str(tmp_path / "c"))
+    assert code != 0 and "no self-attention ran" in err and "gradcam" in err
 
 
 def test_same_stem_images_get_distinct_outputs(capsys, models_module, tmp_path):

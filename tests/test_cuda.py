@@ -90,7 +90,8 @@ def on_cuda(resnet):
         model.cpu()
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items()
+                                         if not getattr(c, "needs_attention", False)))
 def test_cuda_matches_cpu(resnet, name):
     model, x, target = resnet
     options = OPTIONS.get(name, {})
@@ -261,3 +262,23 @@ def test_graphed_amp(on_cuda):
     method = METHODS["guided"](model, fast=True, amp=True)
     replay = flashtorch.graphed(method)(x, target=target)
     assert cos(replay.maps, method(x, target=target).maps) > 0.999
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items()
+                                         if getattr(c, "needs_attention", False)))
+def test_attention_methods_on_cuda_match_cpu(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                          num_heads=2, num_classes=5).eval()
+    x, target = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 4])
+    cpu = METHODS[name](model)(x, target=target)
+    model.cuda()
+    try:
+        gpu = METHODS[name](model)(x.cuda(), target=target.cuda())
+        assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+        assert torch._C._len_torch_function_stack() == 0
+    finally:
+        model.cpu()
+    assert gpu.maps.device.type == "cuda"
+    assert rel(gpu.maps.cpu(), cpu.maps) < 1e-3

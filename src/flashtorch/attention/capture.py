@@ -30,8 +30,7 @@ Nothing in the model is modified: no flag is toggled (timm ``fused_attn``, Huggi
 when the ``with`` block ends, also by an exception. TorchFunctionMode stacks are per thread, so
 another thread running the same model at the same time is not affected.
 
-A fused kernel and the explicit computation agree up to float rounding (about ``1e-7`` relative
-in float32), not bit for bit.
+A fused kernel and the explicit computation agree up to float rounding, not bit for bit.
 """
 
 from __future__ import annotations
