@@ -229,3 +229,23 @@ def test_amp_agreement_script(bench, tmp_path, monkeypatch):
     assert rows["float32 fast=True (BN folded)"]["min"] > 0.999
     assert all(-1.0 <= r["min"] <= r["mean"] <= 1.0 + 1e-9 for r in rows.values())
     assert "| float16 autocast |" in (tmp_path / "amp-agreement-cpu.md").read_text()
+
+
+def test_vit_cam_benchmark_quick_run(bench):
+    pytest.importorskip("timm")
+    pytest.importorskip("pytorch_grad_cam")
+    path = ROOT / "benchmarks" / "bench_vit_cam.py"
+    spec = importlib.util.spec_from_file_location("bench_vit_cam", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.argparse.Namespace(model="tiny", batch=2, rounds=1, threads=1, clock="cpu",
+                                     malloc="default", quick=True)
+    before = torch.get_num_threads()
+    try:
+        report = module.run(args, log=lambda _s: None)
+    finally:
+        torch.set_num_threads(before)
+    assert report["layout"] == "tokens 1+4x4" and report["layer"] == "blocks.1.norm1"
+    assert report["min_correlation"] > 0.99  # the same map as the peer's
+    assert set(report["ms_per_image"]) == {module.LIMIT, module.OURS, module.PEER}
+    assert "flashtorch / pytorch-grad-cam" in module.markdown(report)

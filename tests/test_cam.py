@@ -322,14 +322,20 @@ def test_gradcam_is_one_forward_and_a_backward_that_stops_at_the_layer(layer):
     torch.manual_seed(4)
     model = Counting().eval()
     x = images(2, 8)
+    if layer is None:
+        # the default layer is found once per model and input shape: one forward (and one
+        # backward from the score to the first map), then remembered
+        cam.GradCAM(model)(x, target=0)
+        assert model.forwards == 2
+        model.forwards = 0
     Recording.calls = 0
     result = cam.GradCAM(model, layer)(x, target=1)
     assert model.forwards == 1
     assert Recording.calls == 0  # nothing upstream of the layer was differentiated
     assert all(p.grad is None for p in model.parameters())
     assert result.maps.shape == (2, 1, 8, 8)
-    # The default layer is remembered: a new instance runs the explicit path, still once.
-    cam.LayerCAM(model)(x, target=1)
+    # A new instance (the default served from memory) runs the explicit path, still once.
+    cam.LayerCAM(model, layer)(x, target=1)
     assert model.forwards == 2 and Recording.calls == 0
 
 
@@ -762,8 +768,10 @@ def test_guided_gradcam_default_layer_goes_single_pass_once_known(resnet18):
     _DEFAULT_LAYERS.pop(resnet18, None)
     x = images(1, 64, seed=6)
     method = cam.GuidedGradCAM(resnet18)
-    first = method(x, target=3)
-    assert method.passes == (2, 2)  # the layer is found during the Grad-CAM pass
+    with BatchSpy(resnet18) as spy:
+        first = method(x, target=3)
+    # the default-layer pass, then the single guided pass on the layer found
+    assert method.passes == (1, 1) and spy.sizes == [1, 1]
     with BatchSpy(resnet18) as spy:
         again = method(x, target=3)
     assert method.passes == (1, 1) and spy.sizes == [1]

@@ -51,11 +51,11 @@ def tiny():
 
 
 def vit():
-    import timm
+    from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
-    return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                         num_heads=2, num_classes=10)
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                             num_classes=10)
 
 
 class Boom(nn.Module):
@@ -290,11 +290,22 @@ def test_layers_on_a_factory_model(capsys, models_module):
     code, out, _ = call(capsys, "layers", "--model", "clitestmodels:tiny", "--size", "20")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["layer", "type", "output", "shape"]
+    assert lines[0].split() == ["layer", "type", "output", "shape", "layout"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
-    assert rows["0"] == ["Conv2d", "1x4x20x20"]
-    assert rows["2"] == ["Conv2d", "1x6x20x20"]
-    assert rows["6"] == ["Linear", "1x10"]
+    assert rows["0"] == ["Conv2d", "1x4x20x20", "nchw", "20x20"]
+    assert rows["2"] == ["Conv2d", "1x6x20x20", "nchw", "20x20"]
+    assert rows["6"] == ["Linear", "1x10", "-"]
+
+
+def test_layers_lists_token_layers_with_their_layout(capsys, models_module):
+    pytest.importorskip("timm")
+    code, out, _ = call(capsys, "layers", "--model", "clitestmodels:vit", "--size", "32")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert rows["blocks.1.norm1"] == ["LayerNorm", "1x17x16", "tokens", "1+4x4"]
+    assert rows["patch_embed.proj"] == ["Conv2d", "1x16x4x4", "nchw", "4x4"]
+    assert rows["blocks.1.attn.q_norm"][-1] == "-"  # per-head queries: no map
+    assert rows["head"][-1] == "-"
 
 
 def test_explain_on_a_factory_model_labels_classes_by_index(capsys, models_module, tmp_path):

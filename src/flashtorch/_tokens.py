@@ -20,6 +20,7 @@ naming ``reshape=`` and the shapes seen: never a guess.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,12 +66,15 @@ def token_info(model: nn.Module) -> TokenInfo:
     if isinstance(n, int) and not isinstance(n, bool):
         return TokenInfo(n, channels_last, f"{type(model).__name__}.num_prefix_tokens")
     prefix = 0
-    names = []
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in _PREFIX_PARAMS and p.dim() == 3 and p.shape[0] == 1:
-            prefix += int(p.shape[1])
-            names.append(name)
-    if names:
+    found = False
+    for module in model.modules():  # no dotted names built: this runs on every CAM call
+        for key, p in module._parameters.items():
+            if key in _PREFIX_PARAMS and p is not None and p.dim() == 3 and p.shape[0] == 1:
+                prefix += int(p.shape[1])
+                found = True
+    if found:
+        names = [n for n, p in model.named_parameters()
+                 if n.rsplit(".", 1)[-1] in _PREFIX_PARAMS and p.dim() == 3 and p.shape[0] == 1]
         return TokenInfo(prefix, channels_last, "parameters " + ", ".join(names))
     return TokenInfo(None, channels_last)
 
@@ -162,7 +166,13 @@ def _ambiguous(name: str, shape: tuple[int, ...], readings: list[str]) -> LayerE
 
 
 def infer_layout(
-    t: Tensor, batch: int, info: TokenInfo, input_hw: tuple[int, int], name: str = "layer"
+    t: Tensor,
+    batch: int,
+    info: TokenInfo | Callable[[], TokenInfo],
+    input_hw: tuple[int, int],
+    name: str = "layer",
+    *,
+    convention: bool = False,
 ) -> TokenLayout:
     """The layout of one layer output, or a :class:`~flashtorch.errors.LayerError` saying why not.
 
@@ -172,12 +182,19 @@ def infer_layout(
     * 3-D ``(B, N, C)``: ``tokens`` when exactly one ``(prefix, grid)`` fits ``N``.
     * anything else (or a wrong batch size, a non-float tensor): not a map.
 
+    With ``convention=True`` (a layer the user chose), a 4-D output that is no plausible grid of
+    either kind reads as ``nchw`` - PyTorch's convention, e.g. a CNN that resizes its input
+    internally - unless the model declares tokens or channels-last maps, where such a tensor is
+    a per-head attention tensor ``(B, heads, N, d)`` rather than a map.
+
     Args:
         t: the layer's output.
         batch: the input's batch size.
-        info: :func:`token_info` of the model.
+        info: :func:`token_info` of the model, or a callable returning it (called only when
+            the shapes alone do not decide: 3-D outputs, 4-D outputs with two or no readings).
         input_hw: the input's ``(H, W)``.
         name: the layer's name, for messages.
+        convention: read implausible 4-D outputs of token-less models as ``nchw`` (above).
 
     Raises:
         LayerError: not a map, or more than one reading (the message names ``reshape=``).
@@ -194,19 +211,22 @@ def infer_layout(
     if t.dim() == 4:
         nchw = plausible_grid(shape[2], shape[3], input_hw)
         nhwc = plausible_grid(shape[1], shape[2], input_hw)
+        if nchw != nhwc:
+            return TokenLayout(*(("nchw", (shape[2], shape[3])) if nchw
+                                 else ("nhwc", (shape[1], shape[2]))))
+        info = info() if callable(info) else info
         if nchw and nhwc:
             if info.channels_last:
                 return TokenLayout("nhwc", (shape[1], shape[2]))
             return TokenLayout("nchw", (shape[2], shape[3]))
-        if nchw:
+        if convention and info.prefix is None and not info.channels_last:
             return TokenLayout("nchw", (shape[2], shape[3]))
-        if nhwc:
-            return TokenLayout("nhwc", (shape[1], shape[2]))
         raise LayerError(
             f"layer {name!r} returns {shape}, which is neither a (B, C, h, w) nor a "
             f"(B, h, w, C) grid of a {input_hw[0]}x{input_hw[1]} input (per-head attention "
             "tensors are not maps); pick a token or feature-map layer, or pass reshape="
         )
+    info = info() if callable(info) else info
     readings = token_grid(shape[1], info, input_hw)
     if len(readings) == 1:
         prefix, grid = readings[0]
@@ -222,7 +242,7 @@ def infer_layout(
 
 
 def try_layout(
-    t: object, batch: int, info: TokenInfo, input_hw: tuple[int, int]
+    t: object, batch: int, info: TokenInfo | Callable[[], TokenInfo], input_hw: tuple[int, int]
 ) -> TokenLayout | None:
     """:func:`infer_layout`, or ``None`` where it would raise (for default-layer discovery)."""
     if not isinstance(t, Tensor):
@@ -233,10 +253,26 @@ def try_layout(
         return None
 
 
+def attention_internals(model: nn.Module) -> set[int]:
+    """Ids of the attention submodules (class name ending in ``Attention``) and all inside them.
+
+    Their outputs are queries, keys, values, per-head tensors or the attention's own output,
+    not the token stream a CAM reads (timm ``Attention``/``WindowAttention``, torchvision
+    ``nn.MultiheadAttention``, Hugging Face ``ViTAttention``/``ViTSelfAttention``...). The root
+    module is never counted.
+    """
+    skip: set[int] = set()
+    for name, module in model.named_modules():
+        if name and id(module) not in skip and type(module).__name__.endswith("Attention"):
+            skip.update(id(m) for m in module.modules())
+    return skip
+
+
 __all__ = [
     "MAX_PREFIX",
     "TokenInfo",
     "TokenLayout",
+    "attention_internals",
     "grids_for",
     "infer_layout",
     "plausible_grid",

@@ -925,22 +925,28 @@ def classes(query: tuple[str, ...]) -> None:
         click.echo(f"{i:>4}  {name}")
 
 
-@cli.command(short_help="The model's layers (name, type, output shape).")
+@cli.command(short_help="The model's layers (name, type, output shape, map layout).")
 @_model_options
 @_SIZE_OPTION
 @_common_options
 def layers(model_spec: str, device: str, trust_pickle: bool, size: int | None) -> None:
-    """List the model's layers (dotted name, type, output shape), usable as --layer."""
+    """List the model's layers (dotted name, type, output shape), usable as --layer.
+
+    The last column says how a CAM reads the layer as a map: ``nchw 7x7``, ``tokens 1+14x14``
+    (prefix tokens + patch grid of a transformer) or ``nhwc 7x7`` (channels-last), and ``-``
+    where the output is no map.
+    """
     from .models import list_layers
 
     loaded = load_cli_model(model_spec, resolve_device(device), size, trust_pickle)
-    rows = list_layers(loaded.model, (1, 3, loaded.size, loaded.size))
-    width = max((len(n) for n, _, _ in rows), default=4)
-    twidth = max((len(t) for _, t, _ in rows), default=4)
-    click.echo(f"{'layer':<{width}}  {'type':<{twidth}}  output shape")
-    for name, kind, shape in rows:
+    rows = list_layers(loaded.model, (1, 3, loaded.size, loaded.size), layouts=True)
+    width = max((len(n) for n, _, _, _ in rows), default=4)
+    twidth = max((len(t) for _, t, _, _ in rows), default=4)
+    swidth = max([len("output shape")] + [len("x".join(map(str, s))) for _, _, s, _ in rows])
+    click.echo(f"{'layer':<{width}}  {'type':<{twidth}}  {'output shape':<{swidth}}  layout")
+    for name, kind, shape, layout in rows:
         shown = "x".join(str(s) for s in shape) if shape else "-"
-        click.echo(f"{name:<{width}}  {kind:<{twidth}}  {shown}")
+        click.echo(f"{name:<{width}}  {kind:<{twidth}}  {shown:<{swidth}}  {layout or '-'}")
 
 
 @cli.command(short_help="The registered attribution methods.")

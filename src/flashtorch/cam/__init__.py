@@ -1,4 +1,4 @@
-"""The Grad-CAM family: class activation maps from one convolutional layer.
+"""The Grad-CAM family: class activation maps from one layer (CNN feature maps, transformer tokens).
 
 Every method shares flashtorch's calling convention (``Method(model, layer=..., **options)
 (inputs, target=...) -> Attribution``) and is registered for :func:`flashtorch.attribute`:
@@ -27,7 +27,7 @@ Example:
     torch.Size([1, 1, 64, 64])
 """
 
-from .base import CAMMethod, Capture, SpatialTracker, default_layer, normalize_maps, upsample
+from .base import CAMMethod, Capture, default_layer, normalize_maps, upsample
 from .gradcam import GradCAM, gradcam_map, gradcam_weights
 from .gradcam_pp import GradCAMPlusPlus, gradcam_pp_weights
 from .guided_gradcam import GuidedGradCAM
@@ -42,7 +42,6 @@ __all__ = [
     "GuidedGradCAM",
     "LayerCAM",
     "ScoreCAM",
-    "SpatialTracker",
     "default_layer",
     "gradcam_map",
     "gradcam_pp_weights",

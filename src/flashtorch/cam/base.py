@@ -1,7 +1,7 @@
 r"""What every class activation map shares: the layer, its activation and gradient, the upsampling.
 
 A CAM explains a target score :math:`y` (a logit, or any scalar per sample) with the activation
-:math:`A \in \mathbb{R}^{B \times K \times h \times w}` of one convolutional layer and, for the
+:math:`A \in \mathbb{R}^{B \times K \times h \times w}` of one layer and, for the
 gradient-based members of the family, its gradient :math:`G = \partial y / \partial A`. Each
 method turns them into a coarse ``(B, 1, h, w)`` map; :class:`CAMMethod` then applies the shared
 post-processing, in this order:
@@ -12,57 +12,100 @@ post-processing, in this order:
    ``cv2.resize`` used by pytorch-grad-cam);
 3. ``normalize=True``: per-image min-max scaling to ``[0, 1]`` with :func:`normalize_maps`.
 
+Layouts
+-------
+The layer's output - and its gradient, the same way - is read as a ``(B, K, h, w)`` map before
+any method sees it, so every member of the family (Score-CAM's masks too, upsampled from the
+grid) follows one path (:mod:`flashtorch._tokens`):
+
+* ``(B, C, h, w)`` feature maps as they are;
+* transformer tokens ``(B, N, C)``: ``p`` prefix tokens (class, distillation, register tokens)
+  dropped, the ``N - p`` patch tokens laid out row-major on their ``h x w`` grid - ``p`` from
+  the model (timm's ``num_prefix_tokens``, the prefix-token parameters of torchvision and Hugging
+  Face), the grid from the token count and the input size (non-square inputs and timm's
+  ``dynamic_img_size`` included);
+* channels-last ``(B, h, w, C)`` (timm's and torchvision's Swin) permuted to channels first.
+
+``reshape=`` (a callable ``t -> (B, C, h, w)``, as pytorch-grad-cam's ``reshape_transform``)
+overrides the reading. An explicit layer whose output is no map, or reads as several grids
+(per-head attention tensors ``(B, heads, N, d)``, 2-D features), raises
+:class:`~flashtorch.errors.LayerError` naming ``reshape=`` and the shape - never a guess. A 4-D
+output of a model that declares no tokens reads as ``(B, C, h, w)`` (PyTorch's convention) even
+when its grid does not match the input's aspect ratio (a model that resizes its input). When the
+gradient at every patch token of an explicit token layer is exactly zero (the classifier reads
+only the class token after it: the last block's output, the final norm), a warning says so and
+names the default layer (one host read of a device value, made only for explicit token
+layers).
+
 Layer choice
 ------------
-``layer`` is a module of the model or its dotted name (``"layer4"``, ``"features.18"``). A name
-that does not exist raises :class:`~flashtorch.errors.LayerError` listing close matches. A module
-that runs more than once in one forward pass (one activation module reused by every block) raises
-:class:`~flashtorch.errors.SharedModuleError`: pick another layer or say which call with
+``layer`` is a module of the model or its dotted name (``"layer4"``, ``"blocks.11.norm1"``). A
+name that does not exist raises :class:`~flashtorch.errors.LayerError` listing close matches. A
+module that runs more than once in one forward pass (one activation module reused by every block)
+raises :class:`~flashtorch.errors.SharedModuleError`: pick another layer or say which call with
 ``call=i`` (0-based, in execution order) - the first call is never taken silently.
 
-With ``layer=None`` the layer is found by running the model once - the same forward pass that
-computes the map, not an extra one: every submodule gets a temporary forward hook, and the layer
-is
+With ``layer=None`` the layer is found by one forward and one backward pass (every submodule gets
+a temporary forward hook; the graph starts at the first map, so nothing upstream is
+differentiated and no parameter is frozen). The layer is
 
-    the **last module to finish**, in execution order, whose output is a floating-point
-    ``(B, C, h, w)`` tensor with the input's batch size and ``h * w > 1``, among the modules
-    that ran **exactly once**.
+    the **last module to finish**, among the submodules that ran **exactly once**, whose output
+    has a layout (above) with ``h * w > 1`` and **whose map the target score depends on**: a
+    non-zero gradient at some grid position.
 
-"Last to finish" prefers the outermost container that ends with the final feature map (a
-forward hook fires when a module returns, so ``layer4`` finishes after ``layer4.1.relu``);
-``h * w > 1`` skips global pooling (``(B, C, 1, 1)``); adaptive pooling modules
-(``nn.AdaptiveAvgPool2d``/``nn.AdaptiveMaxPool2d``, e.g. VGG's resampling to ``7 x 7``) are
-skipped too, since they resample the map to a fixed size; 2-D outputs (flatten, classifier) are
-not maps; the root module is never chosen; shared modules are skipped. Functional code between
-modules (``F.relu``, ``F.adaptive_avg_pool2d``, ``torch.flatten``) is invisible to hooks and so
-never chosen. For common architectures this gives:
+Excluded: adaptive pooling (``nn.AdaptiveAvgPool2d``/``nn.AdaptiveMaxPool2d``: VGG's resampling
+to ``7 x 7``), the root, shared modules, everything inside an attention module (class name ending
+in ``Attention``: timm's ``Attention``/``WindowAttention``, ``nn.MultiheadAttention``, Hugging
+Face's ``ViTAttention``), whose outputs are queries, keys, values and per-head tensors rather
+than the token stream, and, in a model with token layers, the maps before the first one (the
+patch-embedding convolution, a hybrid's stem). Functional code between modules (``F.relu``,
+``torch.flatten``) is invisible to hooks and so never chosen.
 
-===============================  =====================================================
-model                            default layer
-===============================  =====================================================
-torchvision ResNet               ``layer4``
-torchvision DenseNet             ``features`` (the functional ``F.relu`` follows it)
-torchvision MobileNetV2 / V3     ``features``
-torchvision VGG / AlexNet        ``features`` (before the adaptive average pool)
-timm EfficientNet(-Lite)         ``bn2`` (``conv_head`` -> ``bn2`` -> global pool)
-===============================  =====================================================
+Why these conditions, structurally. "Last to finish" prefers the outermost container that ends
+with the final feature map (a hook fires when a module returns, so ``layer4`` finishes after
+``layer4.1.relu``). The gradient condition is what makes the rule right on class-token
+transformers without a second rule: after the last block's attention only the class token
+reaches the head, so the gradient at the patch tokens of the last block's output, its MLP and the
+final norm is exactly zero, and a Grad-CAM there is empty. The last map the score depends on is
+then the last block's first norm (``norm1``, ``ln_1``, ``layernorm_before``): the input of the
+last attention, whose patch tokens feed the class token through its keys and values (the layer
+pytorch-grad-cam's documentation recommends). Models that pool all tokens (Swin, ViTs with
+``global_pool="avg"``) and CNNs get their final map, as before. The measured comparison of
+candidate layers on a localisation set is in ``docs/faithfulness.md``.
 
-During that discovery pass the autograd graph starts at the first spatial output (never at
-the input), so any later layer can be differentiated. When the chosen output was modified in
-place after the layer returned (DenseNet's ``F.relu(features, inplace=True)``), its recorded
-values are no longer the layer's output; the method then runs the model once more with the layer
-fixed, so results never depend on in-place operations. The name found is remembered per model
-(weakly referenced, keyed by the module tree, the modules' train/eval flags and the input's
-``(C, H, W)``), so later calls - also through new method instances - run exactly like an
-explicit ``layer=``: one forward pass with the graph starting at the layer, and one backward pass
-to it. :attr:`CAMMethod.layer_name` holds the layer used by the last call, and
+=================================  ==============================================================
+model                              default layer (layout for a 224 x 224 input)
+=================================  ==============================================================
+torchvision ResNet                 ``layer4``
+torchvision DenseNet               ``features`` (the functional ``F.relu`` follows it)
+torchvision MobileNetV2 / V3       ``features``
+torchvision VGG / AlexNet          ``features`` (before the adaptive average pool)
+timm EfficientNet(-Lite)           ``bn2`` (``conv_head`` -> ``bn2`` -> global pool)
+timm ConvNeXt                      ``norm_pre``
+timm ViT, DeiT, register ViTs      ``blocks.11.norm1`` (``tokens 1+14x14``; DeiT distilled
+                                   ``2+14x14``, ``reg_tokens=4`` ``5+14x14``)
+timm ViT, ``global_pool="avg"``    ``norm`` (``tokens 0+14x14``)
+timm Swin                          ``norm`` (``nhwc 7x7``)
+torchvision ViT                    ``encoder.layers.encoder_layer_11.ln_1`` (``tokens 1+14x14``)
+torchvision Swin                   ``permute`` (the final norm's output as ``nchw 7x7``)
+Hugging Face ``ViTFor...``         the last layer's ``layernorm_before`` (``vit.layers.11.`` in
+                                   transformers 5, ``vit.encoder.layer.11.`` before)
+=================================  ==============================================================
+
+The name found is remembered per model (weakly referenced, keyed by the module tree, the modules'
+train/eval flags and the input's ``(C, H, W)``), so later calls - also through new method
+instances - run exactly like an explicit ``layer=``: one forward pass with the graph starting at
+the layer, and one backward pass to it. :attr:`CAMMethod.layer_name` and
+:attr:`CAMMethod.layer_layout` hold the layer used by the last call and how it was read, and
 :func:`default_layer` tells which layer would be chosen for an input.
 """
 
 from __future__ import annotations
 
 import abc
+import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -71,8 +114,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
-from .._targets import Target, logits_of, resolve
-from .._validate import check_images
+from .._targets import Target, logits_of, prepare_target, resolve
+from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
+from .._validate import check_images, syncs_allowed
 from ..attribution import AttributionMethod, MethodOutput
 from ..errors import LayerError, MethodError
 
@@ -127,113 +171,79 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _is_spatial(t: Any, batch: int) -> bool:
-    return (
-        isinstance(t, Tensor)
-        and t.dim() == 4
-        and t.is_floating_point()
-        and t.shape[0] == batch
-        and t.shape[2] * t.shape[3] > 1
-    )
+def _discover(model: nn.Module, inputs: Tensor, target: Target) -> str:
+    """The default layer for ``inputs``: one forward and one backward (module docstring).
 
-
-class _Candidate:
-    __slots__ = ("name", "module", "tensor", "version")
-
-    def __init__(self, name: str, module: nn.Module, tensor: Tensor) -> None:
-        self.name = name
-        self.module = module
-        self.tensor: Tensor | None = tensor
-        self.version = tensor._version
-
-
-class SpatialTracker:
-    """Find the default CAM layer during an ordinary forward pass (see the module docstring).
-
-    A forward hook on every submodule counts calls and records each module's first spatial
-    ``(B, C, h, w)`` output in completion order. With ``start_graph=True`` and grad mode on, the
-    first spatial output is turned into an autograd leaf (the model continues on a copy), so
-    gradients can be taken with respect to any later spatial output while nothing upstream -
-    neither the input nor the stem - is differentiated. Only the latest ``keep`` recorded
-    tensors are held; hooks are removed on exit, also on error.
-
-    Args:
-        model: the model.
-        batch: the input's batch size (outputs with another leading size are not maps).
-        start_graph: make the first spatial output a leaf when grad mode is on.
-        keep: how many of the latest candidate tensors to keep referenced.
+    The forward pass runs without gradients up to the first map, which becomes an autograd leaf
+    (nothing upstream is differentiated, no parameter is frozen); the grad mode is restored on
+    exit, and every hook is removed, also on error.
     """
+    info = token_info(model)
+    batch, hw = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
+    skip = attention_internals(model)
+    calls: dict[nn.Module, int] = {}
+    found: list[tuple[str, nn.Module, Tensor, TokenLayout]] = []
 
-    def __init__(
-        self, model: nn.Module, batch: int, *, start_graph: bool = False, keep: int = 4
-    ) -> None:
-        self.model = model
-        self.batch = batch
-        self.start_graph = start_graph
-        self.keep = keep
-        self.calls: dict[nn.Module, int] = {}
-        self.candidates: list[_Candidate] = []
-        self._handles = HandleList()
-
-    def __enter__(self) -> SpatialTracker:
-        try:
-            for name, module in self.model.named_modules():
-                if name:
-                    self._handles.append(module.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self._handles.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handles.remove()
-
-    def _hook(self, name: str) -> Any:
+    def hook_for(name: str) -> Any:
         def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
-            count = self.calls.get(module, 0) + 1
-            self.calls[module] = count
+            calls[module] = calls.get(module, 0) + 1
+            if calls[module] > 1 or id(module) in skip or isinstance(module, _POOLS):
+                return None
             first = output[0] if isinstance(output, (tuple, list)) else output
-            if not _is_spatial(first, self.batch) or isinstance(module, _POOLS):
+            layout = try_layout(first, batch, info, hw)
+            if layout is None or layout.grid[0] * layout.grid[1] < 2:
                 return None
-            replaced = None
-            if self.start_graph and torch.is_grad_enabled() and not first.requires_grad:
-                first = first.detach().requires_grad_(True)
-                replaced = first.clone()
-            if count == 1:
-                self.candidates.append(_Candidate(name, module, first))
-                if len(self.candidates) > self.keep:
-                    self.candidates[-self.keep - 1].tensor = None
-            if replaced is None:
+            if found:
+                if first.requires_grad:
+                    found.append((name, module, first, layout))
                 return None
-            if isinstance(output, tuple):
-                return (replaced, *output[1:])
-            if isinstance(output, list):
-                return [replaced, *output[1:]]
-            return replaced
+            leaf = first.detach().requires_grad_(True)  # the graph starts here
+            torch.set_grad_enabled(True)
+            found.append((name, module, leaf, layout))
+            if isinstance(output, (tuple, list)):
+                return type(output)([leaf.clone(), *output[1:]])
+            return leaf.clone()
 
         return hook
 
-    def choice(self) -> _Candidate:
-        """The chosen candidate after the forward pass.
-
-        Raises:
-            LayerError: no module produced a usable spatial map.
-        """
-        for cand in reversed(self.candidates):
-            if self.calls.get(cand.module, 0) == 1:
-                return cand
-        shared = sorted({c.name for c in self.candidates})
-        extra = (
-            f" (only modules that run several times did: {', '.join(shared)}; pass layer= and "
-            "call=)"
-            if shared
-            else ""
-        )
+    handles = HandleList()
+    try:
+        with torch.no_grad():  # restores the caller's grad mode on exit
+            for name, module in model.named_modules():
+                if name:
+                    handles.append(module.register_forward_hook(hook_for(name)))
+            output = model(inputs)
+            handles.remove()
+            usable = [c for c in found if calls[c[1]] == 1]
+            scores = resolve(target, output).scores
+            grads: tuple[Tensor | None, ...] = ()
+            if usable and scores.requires_grad:
+                grads = torch.autograd.grad(
+                    scores.sum(), [c[2] for c in usable], allow_unused=True
+                )
+    finally:
+        handles.remove()
+    # in a model with token layers, the maps before the first one are its patch embedding
+    first_tokens = next((i for i, c in enumerate(usable) if c[3].kind == "tokens"), 0)
+    for i in range(len(grads) - 1, first_tokens - 1, -1):
+        g = grads[i]
+        if g is not None and bool(usable[i][3].to_map(g).ne(0).any()):
+            return usable[i][0]
+    if any(g is not None for g in grads):
         raise LayerError(
-            f"could not find a default CAM layer in {type(self.model).__name__}: no submodule "
-            f"that runs once returned a (B, C, h, w) map with h * w > 1{extra}. Pass layer= "
-            "with a module or dotted name whose output is a spatial feature map"
+            f"could not find a default CAM layer in {type(model).__name__}: the target score's "
+            "gradient is exactly zero at every candidate map (a zero-initialised classifier, "
+            "as torchvision's untrained ViT head?); pass layer="
         )
+    shared = sorted({c[0] for c in found if calls[c[1]] > 1})
+    extra = f" (modules that ran several times did: {', '.join(shared)}; pass layer= and call=)" \
+        if shared else ""
+    raise LayerError(
+        f"could not find a default CAM layer in {type(model).__name__}: no submodule that runs "
+        "once returned a feature map (B, C, h, w), tokens (B, N, C) or channels-last "
+        f"(B, h, w, C) with h * w > 1 on which the target score depends{extra}. Pass layer= "
+        "(and reshape= if its output is no such map)"
+    )
 
 
 #: default layers found so far: model (weakly referenced) -> {(structure, input shape): name}.
@@ -247,7 +257,7 @@ def _memo_key(model: nn.Module, inputs: Tensor) -> tuple:
 
     One flat tuple from one iterative walk (every module's identity and mode, and the names
     of its children), since it runs on every call: ``named_modules()`` would build every
-    dotted name (0.3-0.6 ms a call on EfficientNet-Lite0).
+    dotted name.
     """
     key: list[Any] = [tuple(inputs.shape[1:])]
     add = key.append
@@ -267,29 +277,38 @@ def _memo_key(model: nn.Module, inputs: Tensor) -> tuple:
     return tuple(key)
 
 
-def default_layer(model: nn.Module, inputs: Tensor) -> str:
+def _default_name(model: nn.Module, inputs: Tensor, target: Target) -> str:
+    """The remembered default layer for this model and input shape, found first if needed."""
+    key = _memo_key(model, inputs)
+    name = _DEFAULT_LAYERS.get(model, {}).get(key)
+    if name is None:
+        name = _discover(model, inputs, target)
+        _DEFAULT_LAYERS.setdefault(model, {})[key] = name
+    return name
+
+
+def default_layer(model: nn.Module, inputs: Tensor, target: Target = None) -> str:
     """The dotted name of the layer a CAM would use for ``inputs`` with ``layer=None``.
 
-    Runs the model once (no gradients, eval mode, state restored); see the module docstring
-    for the rule.
+    Runs the model once forward and once backward to the first map (eval mode, state
+    restored); see the module docstring for the rule. ``target`` is the score whose dependence
+    on the candidate maps is checked (``None``: the predicted class).
 
     Raises:
         LayerError: no suitable layer.
     """
     x = check_images(inputs)
-    with preserved_state(model), torch.no_grad():
+    with preserved_state(model, freeze=False):
         x = x.detach().to(model_device(model))
-        with SpatialTracker(model, x.shape[0]) as tracker:
-            model(x)
-        name = tracker.choice().name
-        _DEFAULT_LAYERS.setdefault(model, {})[_memo_key(model, x)] = name
-        return name
+        return _default_name(model, x, prepare_target(target, x.shape[0], x.device))
 
 
 # --------------------------------------------------------------------------------------------
 # Capture: one forward (and one backward to the layer)
 # --------------------------------------------------------------------------------------------
 
+#: ``t -> (B, C, h, w)``: how a layer's output (and its gradient) is read as a map.
+Reshape = Callable[[Tensor], Tensor]
 
 @dataclass
 class Capture:
@@ -297,12 +316,15 @@ class Capture:
 
     Attributes:
         inputs: the inputs the model ran on.
-        activation: ``(B, K, h, w)`` the layer's output, detached, in float32.
-        gradient: ``(B, K, h, w)`` :math:`\partial y_b / \partial A_b` in float32, or ``None``.
+        activation: ``(B, K, h, w)`` the layer's output read as a map (prefix tokens dropped,
+            channels first), detached, in float32.
+        gradient: ``(B, K, h, w)`` :math:`\partial y_b / \partial A_b` read the same way, in
+            float32, or ``None``.
         output: the model output, detached.
         scores: ``(B,)`` the explained scores, detached.
         indices: ``(B,)`` target classes or ``None`` for a callable target.
         layer: dotted name of the layer used.
+        layout: how the layer's output was read (``None`` with ``reshape=``).
     """
 
     inputs: Tensor
@@ -312,6 +334,7 @@ class Capture:
     scores: Tensor
     indices: Tensor | None
     layer: str
+    layout: TokenLayout | None = None
 
     @property
     def grad(self) -> Tensor:
@@ -321,16 +344,17 @@ class Capture:
         return self.gradient
 
 
-def _check_map(name: str, t: Tensor, batch: int) -> None:
-    if not (isinstance(t, Tensor) and t.dim() == 4 and t.shape[0] == batch):
-        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+def _reshaped(reshape: Reshape, t: Tensor, name: str, batch: int) -> Tensor:
+    """``reshape(t)``, checked to be a float ``(B, C, h, w)`` map."""
+    out = reshape(t)
+    if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[0] == batch
+            and out.is_floating_point()):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise LayerError(
-            f"layer {name!r} returns {shape}; a CAM needs a (B, C, h, w) feature map with the "
-            f"batch size {batch}. Pick a convolutional layer before the global pooling "
-            "(layer=None picks the last one)"
+            f"reshape= turned the output {tuple(t.shape)} of layer {name!r} into {shape}; it "
+            f"must return a float (B, C, h, w) map with the batch size {batch}"
         )
-    if not t.is_floating_point():
-        raise LayerError(f"layer {name!r} returns a {t.dtype} tensor; a CAM needs a float map")
+    return out
 
 
 def _gradient(scores: Tensor, activation: Tensor, name: str) -> Tensor:
@@ -372,6 +396,12 @@ class CAMMethod(AttributionMethod):
         relu: keep only the positive part of the coarse map.
         normalize: scale every map to ``[0, 1]`` (per image, after upsampling).
         interpolation: ``"bilinear"`` (default), ``"bicubic"`` or ``"nearest"``.
+        reshape: a callable turning the layer's output - and, the same way, its gradient -
+            into a ``(B, C, h, w)`` map (pytorch-grad-cam's ``reshape_transform``). ``None``
+            reads the output by its layout: ``(B, C, h, w)``, tokens ``(B, N, C)`` (prefix
+            tokens dropped, the patch grid from the model and the input size) or channels-last
+            ``(B, h, w, C)`` (:mod:`flashtorch._tokens`); an output that reads as no map or as
+            several raises :class:`~flashtorch.errors.LayerError` naming ``reshape=``.
         eval_mode: run the model in eval mode during the call (restored afterwards).
         fast: run on a BatchNorm-folded copy (see :class:`~flashtorch.attribution.
             AttributionMethod`); the layer is looked up there by its dotted name.
@@ -400,11 +430,16 @@ class CAMMethod(AttributionMethod):
         relu: bool = True,
         normalize: bool = True,
         interpolation: str = "bilinear",
+        reshape: Reshape | None = None,
         eval_mode: bool = True,
         fast: bool = False,
         amp: bool = False,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
+        if reshape is not None and not callable(reshape):
+            raise MethodError(
+                f"reshape must be a callable t -> (B, C, h, w), got {type(reshape).__name__}"
+            )
         if layer is not None:
             # fail early on an unknown name; keep the name, which also finds the layer in the
             # rewritten copy that fast=True runs on
@@ -423,53 +458,55 @@ class CAMMethod(AttributionMethod):
         self.relu = bool(relu)
         self.normalize = bool(normalize)
         self.interpolation = interpolation
+        #: ``t -> (B, C, h, w)`` applied to the layer's output and gradient, or ``None``.
+        self.reshape = reshape
         #: dotted name of the layer used by the last call (``None`` before the first call).
         self.layer_name: str | None = None
+        #: how the last call read that layer's output (``None`` with ``reshape=``).
+        self.layer_layout: TokenLayout | None = None
 
     # -- capture -------------------------------------------------------------------------------
 
     def capture(self, inputs: Tensor, target: Target) -> Capture:
         """Run the model once, recording the layer's activation (and gradient if needed).
 
-        Call inside the guarded state (:meth:`compute` is); ``inputs`` on the model's device.
+        With ``layer=None`` and no remembered default for this model and input shape, the
+        default is found first (:func:`default_layer`'s pass). Call inside the guarded state
+        (:meth:`compute` is); ``inputs`` on the model's device.
         """
         grad = self.uses_gradients
+        layer = self.layer if self.layer is not None else _default_name(
+            self.model, inputs, target)
         with torch.enable_grad() if grad else torch.no_grad():
-            layer = self.layer
-            if layer is None:
-                key = _memo_key(self.model, inputs)
-                layer = _DEFAULT_LAYERS.get(self.model, {}).get(key)
-                if layer is None:
-                    # the discovery pass starts its graph at the first spatial output and
-                    # relies on frozen parameters for the rest (once per model and shape)
-                    with preserved_state(self.model, eval_mode=False, freeze=grad):
-                        found = self._discover(inputs, target, grad, key)
-                    if isinstance(found, Capture):
-                        return found
-                    layer = found
             with LayerRecorder(self.model, layer, self.call, leaf=True,
                                start_grad=grad) as recorder:
                 output = self.model(inputs)
             activation = recorder.output
-            _check_map(recorder.name, activation, inputs.shape[0])
+            layout = self._layout(recorder.name, activation, inputs)
             scores, indices = _resolve_scores(target, output)
             gradient = _gradient(scores, activation, recorder.name) if grad else None
-            return self._packed(
-                inputs, activation, gradient, output, scores, indices, recorder.name
-            )
+        return self._packed(
+            inputs, activation, gradient, output, scores, indices, recorder.name, layout
+        )
 
-    def _discover(self, inputs: Tensor, target: Target, grad: bool, key: tuple) -> Capture | str:
-        """Find the default layer in the forward pass itself; the capture, or a name to rerun."""
-        with SpatialTracker(self.model, inputs.shape[0], start_graph=grad) as tracker:
-            output = self.model(inputs)
-        cand = tracker.choice()
-        _DEFAULT_LAYERS.setdefault(self.model, {})[key] = cand.name
-        tensor = cand.tensor
-        if tensor is None or tensor._version != cand.version or (grad and not tensor.requires_grad):
-            return cand.name  # dropped, or modified in place downstream: run again with it fixed
-        scores, indices = _resolve_scores(target, output)
-        gradient = _gradient(scores, tensor, cand.name) if grad else None
-        return self._packed(inputs, tensor, gradient, output, scores, indices, cand.name)
+    def _layout(self, name: str, output: Any, inputs: Tensor) -> TokenLayout | None:
+        """How the layer's output reads as a map (``None`` with ``reshape=``); or LayerError."""
+        if self.reshape is not None:
+            return None
+        if not isinstance(output, Tensor):
+            raise LayerError(
+                f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another "
+                "layer or pass reshape="
+            )
+        model = self.model
+        return infer_layout(output, inputs.shape[0], lambda: token_info(model),
+                            (inputs.shape[-2], inputs.shape[-1]), name, convention=True)
+
+    def _as_map(self, t: Tensor, layout: TokenLayout | None, name: str) -> Tensor:
+        if layout is None:
+            assert self.reshape is not None
+            return _reshaped(self.reshape, t, name, t.shape[0])
+        return layout.to_map(t)
 
     def _packed(
         self,
@@ -480,16 +517,48 @@ class CAMMethod(AttributionMethod):
         scores: Tensor,
         indices: Tensor | None,
         name: str,
+        layout: TokenLayout | None,
     ) -> Capture:
+        """The capture, with the activation and gradient read as ``(B, C, h, w)`` maps."""
         self.layer_name = name
+        self.layer_layout = layout
+        act = self._as_map(activation.detach(), layout, name).float()
+        grad = None if gradient is None else self._as_map(gradient.detach(), layout, name).float()
+        if grad is not None and self.layer is not None and layout is not None \
+                and layout.kind == "tokens":
+            self._warn_if_blind(grad, gradient, layout, name, inputs)
         return Capture(
             inputs=inputs,
-            activation=activation.detach().float(),
-            gradient=None if gradient is None else gradient.detach().float(),
+            activation=act,
+            gradient=grad,
             output=logits_of(output).detach(),
             scores=scores.detach(),
             indices=indices,
             layer=name,
+            layout=layout,
+        )
+
+    def _warn_if_blind(
+        self, grid_grad: Tensor, raw: Tensor, layout: TokenLayout, name: str, inputs: Tensor
+    ) -> None:
+        """Warn when no patch token of a token layer receives gradient (reads a device value)."""
+        if not syncs_allowed() or bool(grid_grad.ne(0).any()):
+            return
+        reads_prefix = layout.prefix > 0 and bool(raw[:, : layout.prefix].ne(0).any())
+        why = (
+            "the classifier reads only the prefix (class) tokens after it"
+            if reads_prefix else "the target score does not depend on it"
+        )
+        try:
+            hint = f"; the default layer {_default_name(self.model, inputs, None)!r} works"
+        except LayerError:  # pragma: no cover - nothing better to suggest
+            hint = ""
+        warnings.warn(
+            f"{self.name}: the gradient at every patch token of layer {name!r} is exactly zero "
+            f"({why}), so the map is empty. Pick an earlier layer, e.g. the last block's first "
+            f"norm (layer=None finds one){hint}",
+            UserWarning,
+            stacklevel=4,
         )
 
     # -- post-processing -------------------------------------------------------------------------
@@ -519,9 +588,9 @@ class CAMMethod(AttributionMethod):
 
 __all__ = [
     "INTERPOLATIONS",
+    "Reshape",
     "CAMMethod",
     "Capture",
-    "SpatialTracker",
     "default_layer",
     "normalize_maps",
     "upsample",

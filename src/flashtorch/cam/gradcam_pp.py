@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._targets import Target
 from ..attribution import register
 from ..errors import MethodError
-from .base import CAMMethod, Capture
+from .base import CAMMethod, Capture, Reshape
 from .gradcam import weighted_sum
 
 
@@ -72,7 +72,7 @@ class GradCAMPlusPlus(CAMMethod):
     Args:
         model: the model.
         layer: see :class:`~flashtorch.cam.base.CAMMethod` (also ``call``, ``relu``,
-            ``normalize``, ``interpolation``, ``eval_mode``, ``fast``, ``amp``).
+            ``normalize``, ``interpolation``, ``reshape``, ``eval_mode``, ``fast``, ``amp``).
         eps: added to the denominator of :math:`\alpha`; ``0`` (default) is the paper's formula,
             ``1e-6`` reproduces pytorch-grad-cam's ``GradCAMPlusPlus``
             (see :func:`gradcam_pp_weights`).
@@ -91,6 +91,7 @@ class GradCAMPlusPlus(CAMMethod):
         relu: bool = True,
         normalize: bool = True,
         interpolation: str = "bilinear",
+        reshape: Reshape | None = None,
         eps: float = 0.0,
         eval_mode: bool = True,
         fast: bool = False,
@@ -103,6 +104,7 @@ class GradCAMPlusPlus(CAMMethod):
             relu=relu,
             normalize=normalize,
             interpolation=interpolation,
+            reshape=reshape,
             eval_mode=eval_mode,
             fast=fast,
             amp=amp,

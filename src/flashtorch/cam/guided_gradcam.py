@@ -19,10 +19,11 @@ the plain layer gradient for Grad-CAM and the guided input gradient together: th
 guided backprop. With rectifiers in between (a ReLU after the layer, as DenseNet's functional
 ``F.relu`` after ``features``) the same forward graph serves two backward passes: a plain one
 to the layer (graph retained), then the guided one to the input. Only a layer output modified
-in place after the layer returned (``out += identity`` on a ResNet's ``bn2``) and the first
-call of a default layer (found during a Grad-CAM pass) take Grad-CAM plus a separate guided
-pass, as Captum's ``GuidedGradCam`` always does. The choice is remembered per model, layer and
-input shape; :attr:`GuidedGradCAM.passes` tells what the last call did.
+in place after the layer returned (``out += identity`` on a ResNet's ``bn2``) takes Grad-CAM
+plus a separate guided pass, as Captum's ``GuidedGradCam`` always does. The choice is remembered
+per model, layer and input shape; :attr:`GuidedGradCAM.passes` tells what the last call did (the
+first call with ``layer=None`` on a model and input shape also runs the default-layer pass of
+:mod:`flashtorch.cam.base`, not counted there).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .._surgery import LayerRecorder, RectifierRule, rectifiers_between
 from .._targets import Target
 from ..attribution import MethodOutput, register
 from ..saliency.gradient import input_gradients
-from .base import _DEFAULT_LAYERS, _check_map, _memo_key, _resolve_scores
+from .base import _default_name, _resolve_scores
 from .gradcam import GradCAM
 
 #: model (weakly referenced) -> {(layer, call, input shape): whether one forward serves both}.
@@ -71,16 +72,13 @@ class GuidedGradCAM(GradCAM):
 
     def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
         """One pass when exact (see the module docstring), else Grad-CAM then guided backprop."""
-        layer = self.layer
-        if layer is None:
-            layer = _DEFAULT_LAYERS.get(self.model, {}).get(_memo_key(self.model, inputs))
-        if layer is not None:
-            key = (layer, self.call, tuple(inputs.shape[1:]))
-            known = _ONE_PASS.get(self.model, {}).get(key)
-            if known is not False:
-                out = self._one_pass(inputs, target, layer, key)
-                if out is not None:
-                    return out
+        layer = self.layer if self.layer is not None else _default_name(
+            self.model, inputs, target)
+        key = (layer, self.call, tuple(inputs.shape[1:]))
+        if _ONE_PASS.get(self.model, {}).get(key) is not False:
+            out = self._one_pass(inputs, target, layer, key)
+            if out is not None:
+                return out
         self.passes = (2, 2)
         cam = super().compute(inputs, target)
         same = cam.targets if cam.targets is not None else target
@@ -102,7 +100,7 @@ class GuidedGradCAM(GradCAM):
             with LayerRecorder(self.model, layer, self.call) as recorder:
                 output = self.model(x)
             activation = recorder.output
-            _check_map(recorder.name, activation, inputs.shape[0])
+            layout = self._layout(recorder.name, activation, inputs)
             scores, indices = _resolve_scores(target, output)
             usable = (
                 scores.requires_grad
@@ -126,7 +124,7 @@ class GuidedGradCAM(GradCAM):
                 self.passes = (1, 2)
             rule.warn_if_unused(self.name)
         capture = self._packed(
-            inputs, activation, grad_a, output, scores, indices, recorder.name
+            inputs, activation, grad_a, output, scores, indices, recorder.name, layout
         )
         coarse, extras = self.cam(capture, target)
         cam = self.finish(coarse, (inputs.shape[-2], inputs.shape[-1]))

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._targets import Target, resolve
+from .._targets import Target, logits_of, resolve
 from .._validate import check_positive_int
 from ..attribution import register
 from ..errors import InputError, MethodError
-from .base import CAMMethod, Capture
+from .base import CAMMethod, Capture, Reshape
 from .gradcam import weighted_sum
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -48,7 +48,7 @@ def score_function(indices: Tensor | None, target: Target) -> ScoreFn:
         idx = indices
 
         def by_index(output: Tensor, rows: Tensor) -> Tensor:
-            return output.gather(1, idx[rows][:, None]).squeeze(1)
+            return logits_of(output).gather(1, idx[rows][:, None]).squeeze(1)
 
         return by_index
 
@@ -119,7 +119,7 @@ class ScoreCAM(CAMMethod):
     Args:
         model: the model.
         layer: see :class:`~flashtorch.cam.base.CAMMethod` (also ``call``, ``relu``,
-            ``normalize``, ``interpolation``, ``eval_mode``, ``fast``, ``amp``).
+            ``normalize``, ``interpolation``, ``reshape``, ``eval_mode``, ``fast``, ``amp``).
         internal_batch_size: masked inputs per forward pass; peak memory is that of one such
             batch.
         mask_align_corners: upsampling convention of the masks (``False``: as the CAM's own
@@ -145,6 +145,7 @@ class ScoreCAM(CAMMethod):
         relu: bool = True,
         normalize: bool = True,
         interpolation: str = "bilinear",
+        reshape: Reshape | None = None,
         eval_mode: bool = True,
         fast: bool = False,
         amp: bool = False,
@@ -156,6 +157,7 @@ class ScoreCAM(CAMMethod):
             relu=relu,
             normalize=normalize,
             interpolation=interpolation,
+            reshape=reshape,
             eval_mode=eval_mode,
             fast=fast,
             amp=amp,

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._surgery import HandleList, model_device, preserved_state
+from .._tokens import attention_internals, token_info, try_layout
 from ..errors import InputError
 
 
@@ -50,8 +51,8 @@ def _check_size(input_size: Sequence[int]) -> tuple[int, ...]:
 
 
 def list_layers(
-    model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)
-) -> list[tuple[str, str, tuple[int, ...]]]:
+    model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), *, layouts: bool = False
+) -> list[tuple[Any, ...]]:
     """Every submodule's dotted name, type name and output shape, from one forward pass.
 
     The model runs once on zeros of ``input_size`` (on its own device and dtype), in eval mode
@@ -63,10 +64,15 @@ def list_layers(
         model: any ``nn.Module`` (a TorchScript model gives names and types only, with a
             warning: its submodules cannot be hooked).
         input_size: the shape of the dummy input, batch first.
+        layouts: add a fourth item, how a CAM reads the output as a map
+            (:mod:`flashtorch._tokens`): ``"nchw 7x7"``, ``"tokens 1+14x14"`` (prefix tokens +
+            patch grid), ``"nhwc 7x7"`` (channels-last), or ``""`` where it is no map (2-D
+            features, per-head attention tensors and everything inside attention modules).
 
     Returns:
-        ``[(name, type_name, output_shape), ...]`` in ``model.named_modules()`` order, without
-        the root module.
+        ``[(name, type_name, output_shape), ...]`` (``[(name, type_name, output_shape,
+        layout), ...]`` with ``layouts=True``) in ``model.named_modules()`` order, without the
+        root module.
 
     Raises:
         InputError: ``input_size`` is not a shape, or the model fails on such an input (the
@@ -88,15 +94,23 @@ def list_layers(
             UserWarning,
             stacklevel=2,
         )
-        return [(n, getattr(m, "original_name", type(m).__name__), ()) for n, m in named]
+        return [(n, getattr(m, "original_name", type(m).__name__), ()) + (("",) * layouts)
+                for n, m in named]
 
     shapes: dict[str, tuple[int, ...]] = {}
+    read: dict[str, str] = {}
+    info = token_info(model) if layouts else None
+    skip = attention_internals(model) if layouts else set()
 
     def make_hook(name: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
             if name not in shapes:
                 tensor = _first_tensor(output)
                 shapes[name] = () if tensor is None else tuple(tensor.shape)
+                if info is not None and tensor is not None and id(module) not in skip \
+                        and len(size) == 4:
+                    layout = try_layout(tensor, size[0], info, (size[2], size[3]))
+                    read[name] = layout.describe() if layout is not None else ""
 
         return hook
 
@@ -117,6 +131,8 @@ def list_layers(
                 ) from exc
     finally:
         handles.remove()
+    if layouts:
+        return [(n, type(m).__name__, shapes.get(n, ()), read.get(n, "")) for n, m in named]
     return [(n, type(m).__name__, shapes.get(n, ())) for n, m in named]
 
 
