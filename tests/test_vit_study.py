@@ -59,9 +59,7 @@ def test_vit_cascade_covers_every_parameter(scripts):
     for group in steps:
         assert all(name in named for name in group)
     # every parameter outside the last ("everything") step is randomised by an earlier step
-    covered = {
-        id(p) for group in steps[:-1] for name in group for p in named[name].parameters()
-    }
+    covered = {id(p) for group in steps[:-1] for name in group for p in named[name].parameters()}
     rest = [n for n, p in model.named_parameters() if id(p) not in covered]
     assert all(n.startswith(("patch_embed", "pos_embed", "cls_token")) for n in rest), rest
     assert table.vit_cascade(1)[0] == [["head"], ["norm", "blocks.0"], [""]]
@@ -113,7 +111,14 @@ def test_train_quick_then_reuse_then_faithfulness(scripts, tmp_path, capsys):
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    table.main(["--vit", "--quick", "--vit-dir", str(out), "--docs", str(docs)])
+    methods = ["gradient", "gradcam", "attention_rollout", "random map (reference)"]
+    table.main(
+        ["--vit", "--quick", "--vit-dir", str(out), "--docs", str(docs), "--methods", *methods]
+    )
     printed = capsys.readouterr().out
-    assert "gradient" in printed and "quick run: nothing written" in printed
-    assert not list(docs.iterdir())
+    for method in methods:
+        assert f"{method}: PG " in printed
+    # rollout never looks at the target: the same map for another class
+    assert "attention_rollout: rank corr. true vs other class 1.000" in printed
+    assert "default (`blocks.0.norm1`): PG" in printed  # the layer table ran, default first
+    assert "quick run: nothing written" in printed and not list(docs.iterdir())
