@@ -78,7 +78,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train", type=int, default=3000, help="training images (seed 0)")
     p.add_argument("--val", type=int, default=500, help="held-out images (seed 1)")
-    p.add_argument("--epochs", type=int, default=6, help="epochs on the task images")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per cycle on the task images")
+    p.add_argument(
+        "--task-cycles", type=int, default=2, help="cosine cycles of --epochs on the task images"
+    )
     p.add_argument("--texture-train", type=int, default=2000, help="texture images (seed 3)")
     p.add_argument(
         "--texture-epochs", type=int, default=4, help="epochs on the texture images, first"
@@ -119,6 +122,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "weight_decay": args.weight_decay,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "task_cycles": args.task_cycles,
     }
 
 
@@ -131,29 +135,53 @@ def cached(out: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
     return summary if all(summary.get(k) == v for k, v in wanted.items()) else None
 
 
+def resumable(out: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """A saved run in ``out`` equal to ``wanted`` but for fewer task cycles, or ``None``.
+
+    Every stage is one seeded :func:`~flashtorch.finetune.fine_tune` call, so continuing such a
+    run gives the weights a run with all the cycles at once would give.
+    """
+    same = {k: v for k, v in wanted.items() if k != "task_cycles"}
+    summary = cached(out, same)
+    if summary is None or summary.get("task_cycles", 0) >= wanted["task_cycles"]:
+        return None
+    return summary
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Render the data, train, save weights and summary; returns the summary."""
     wanted = settings(args)
     size = args.config["img_size"]
+    model = _study.build_vit(args.config, seed=args.seed)
+    history, seconds, done = [], 0.0, 0
+    previous = None if args.retrain else resumable(args.out, wanted)
+    if previous is not None:  # the same run with fewer task cycles: continue it
+        model.load_state_dict(torch.load(args.out / "vit.pt", weights_only=True))
+        history, seconds = previous["history"], previous["train_seconds"]
+        done = 1 + previous["task_cycles"]
+        print(f"continuing {args.out / 'vit.pt'} after {previous['task_cycles']} task cycle(s)")
     with Timer() as render:
-        texture = _study.vit_dataset(args.texture_train, seed=3, size=size, **TEXTURE_DATA)
-        xt, yt, _ = texture.stack()
+        if done == 0:
+            texture = _study.vit_dataset(args.texture_train, seed=3, size=size, **TEXTURE_DATA)
+            xt, yt, _ = texture.stack()
+        else:
+            xt, yt = torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
         x, y, _ = _study.vit_dataset(args.train, seed=0, size=size).stack()
         xv, yv, _ = _study.vit_dataset(args.val, seed=1, size=size).stack()
-    model = _study.build_vit(args.config, seed=args.seed)
     print(
         f"training a ViT ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
         f"on {size} px images: {args.texture_epochs} epochs on {args.texture_train} texture "
-        f"images, then {args.epochs} on {args.train} task images; "
+        f"images, then {args.task_cycles} x {args.epochs} on {args.train} task images; "
         f"{torch.get_num_threads()} thread(s); rendering took "
         f"{render.seconds:.1f} s"
     )
-    history, seconds, accuracy = [], 0.0, None
-    stages = [
-        ("texture", Dihedral(xt, yt), args.texture_epochs),
-        ("task", Dihedral(x, y), args.epochs),
+    accuracy = history[-1]["val_accuracy"] if history else None
+    stages = [("texture", Dihedral(xt, yt), args.texture_epochs)]
+    stages += [
+        ("task" if c == 0 else f"task {c + 1}", Dihedral(x, y), args.epochs)
+        for c in range(args.task_cycles)
     ]
-    for stage, data, epochs in stages:
+    for stage, data, epochs in stages[done:]:
         if not epochs:
             continue
         result = fine_tune(
@@ -268,7 +296,8 @@ def write_doc(path: Path, summary: dict[str, Any]) -> None:
         "## Training",
         "",
         f"AdamW (lr {summary['lr']:g}, weight decay {summary['weight_decay']:g}), cosine decay, "
-        f"{summary['texture_epochs']} + {summary['epochs']} epochs (restarted per stage), "
+        f"{summary['texture_epochs']} epochs on the texture images, then "
+        f"{summary['task_cycles']} x {summary['epochs']} on the task images (cosine restarted), "
         f"batch {summary['batch_size']}, seed {summary['seed']} "
         "(`flashtorch.finetune.fine_tune` with every module trainable).",
         "",

@@ -102,6 +102,23 @@ def test_train_quick_then_reuse_then_faithfulness(scripts, tmp_path, capsys):
     assert train_vit.cached(out, {**wanted, "seed": 1}) is None
     assert train_vit.cached(out, {**wanted, "epochs": 2}) is None
 
+    # a run with fewer task cycles is continued, to the weights of a run with all at once
+    part = tmp_path / "part"
+    train_vit.main(["--quick", "--out", str(part), "--task-cycles", "1"])
+    capsys.readouterr()
+    continued = train_vit.main(["--quick", "--out", str(part)])
+    assert "continuing" in capsys.readouterr().out
+    assert [h["stage"] for h in continued["history"]] == ["texture", "task", "task 2"]
+
+    def untimed(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert untimed(continued["history"]) == untimed(first["history"])
+    a = torch.load(out / "vit.pt", weights_only=True)
+    b = torch.load(part / "vit.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert continued["val_accuracy"] == first["val_accuracy"]
+
     import _study
 
     model, summary = _study.load_vit(out)
