@@ -465,7 +465,7 @@ def compare_gradcam_layers(model, x, y, masks, depth: int) -> list[list]:
 
     rows = []
     for layer in gradcam_candidates(depth):
-        label = layer
+        label = f"`{layer}`"
         if layer is None:
             try:
                 label = f"default (`{default_layer(model, x[:1])}`)"
@@ -476,14 +476,14 @@ def compare_gradcam_layers(model, x, y, masks, depth: int) -> list[list]:
                 options = {} if layer is None else {"layer": layer}
                 maps = _study.batched_maps(model, x, y, "gradcam", options=options)
             except FlashTorchError as exc:
-                rows.append([label, "-", "-", f"refused: {type(exc).__name__}", "-"])
+                rows.append([label, "-", "-", f"refused ({type(exc).__name__})", "-"])
                 print(f"{label:>40}: {exc}")
                 continue
         flat = maps.flatten(1)
         constant = int((flat.amax(1) == flat.amin(1)).sum())
         pg = float(pointing_game(maps, masks).mean())
         en = float(energy_pointing_game(maps, masks).mean())
-        rows.append([label, pg, en, f"{constant} of {len(x)}", round(t.seconds, 1)])
+        rows.append([label, pg, en, f"{constant} of {len(x)}", f"{t.seconds:.1f}"])
         print(f"{label:>40}: PG {pg:.3f} EPG {en:.3f} constant {constant} ({t.seconds:.1f} s)")
     return rows
 
@@ -695,18 +695,26 @@ def vit_findings(summary) -> list[str]:
             "patch."
         )
     scored = [r for r in summary["layers"] if isinstance(r[1], float)]
-    if scored:
-        top = max(scored, key=lambda r: (r[1], r[2]))
-        zero = [r[0] for r in scored if str(r[3]) == f"{summary['images']} of {summary['images']}"]
+    full = f"{summary['images']} of {summary['images']}"
+    working = [r for r in scored if str(r[3]) != full]
+    if working:
+        top = max(working, key=lambda r: (r[1], r[2]))
         line = (
-            f"- Grad-CAM layer: the best pointing game is at {top[0]} ({top[1]:.3f}, energy "
-            f"{top[2]:.2f})."
+            f"- Grad-CAM layer: the best pointing game among the layers with a map is at "
+            f"{top[0]} ({top[1]:.3f}, energy {top[2]:.2f})"
         )
-        if zero:
+        default = next((r for r in working if str(r[0]).startswith("default")), None)
+        if default is not None and default is not top:
+            line += f"; the default layer scores {default[1]:.3f} (energy {default[2]:.2f})"
+        line += "."
+        empty = [r[0] for r in scored if str(r[3]) == full]
+        if empty:
             line += (
-                " Constant (empty) maps at " + ", ".join(zero) + ": the head reads only the "
-                "class token after the last block, so the patch tokens of the last block's "
-                "output (and of the final norm) get no gradient."
+                " Empty maps (every image) at " + ", ".join(f"`{e}`" for e in empty) + ": the "
+                "head reads only the class token after the last block's attention, so the patch "
+                "tokens there get no gradient - the measured reason why a ViT's CAM layer is the "
+                "last block's `norm1` (its tokens feed that attention) and not the block output "
+                "or the final norm."
             )
         out.append(line)
     return out
