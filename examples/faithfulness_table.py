@@ -650,6 +650,14 @@ def vit_findings(summary) -> list[str]:
             "- No method fails the full randomisation check (rank correlation at most "
             f"{max(r[8] for r in registered):.2f} with every layer randomised)."
         )
+    persistent = [r for r in registered if r[7] > 0.5]
+    if persistent:
+        out.append(
+            "- Persistent after the second step (rank correlation above 0.5 with the classifier, "
+            "the final norm and the last block randomised): "
+            + _names(sorted(persistent, key=lambda r: -r[7]), 7)
+            + "."
+        )
     headless = [r for r in registered if r[6] >= 0.99]
     if headless:
         out.append(
@@ -704,18 +712,30 @@ def vit_findings(summary) -> list[str]:
             f"{top[0]} ({top[1]:.3f}, energy {top[2]:.2f})"
         )
         default = next((r for r in working if str(r[0]).startswith("default")), None)
-        if default is not None and default is not top:
-            line += f"; the default layer scores {default[1]:.3f} (energy {default[2]:.2f})"
+        if default is not None and (default[1], default[2]) < (top[1], top[2]):
+            line += (
+                f"; the default layer {default[0].removeprefix('default ')} scores "
+                f"{default[1]:.3f} (energy "
+                f"{default[2]:.2f}; chance {chance:.3f})"
+            )
+        elif default is not None:
+            line += f" - the default layer {default[0].removeprefix('default ')}"
         line += "."
         empty = [r[0] for r in scored if str(r[3]) == full]
         if empty:
             line += (
-                " Empty maps (every image) at " + ", ".join(f"`{e}`" for e in empty) + ": the "
+                " Empty maps (every image) at " + ", ".join(str(e) for e in empty) + ": the "
                 "head reads only the class token after the last block's attention, so the patch "
-                "tokens there get no gradient - the measured reason why a ViT's CAM layer is the "
-                "last block's `norm1` (its tokens feed that attention) and not the block output "
-                "or the final norm."
+                "tokens there get no gradient. That is the measured reason for the default: the "
+                "last block's `norm1` is the last layer whose map is not empty (pytorch-grad-cam's "
+                "advice)"
             )
+            if default is not None and (default[1], default[2]) < (top[1], top[2]):
+                line += (
+                    "; it is not the best-localising layer on this model, where earlier blocks "
+                    "point at the patch more often"
+                )
+            line += "."
         out.append(line)
     return out
 
