@@ -80,7 +80,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val", type=int, default=500, help="held-out images (seed 1)")
     p.add_argument("--epochs", type=int, default=6, help="epochs per cycle on the task images")
     p.add_argument(
-        "--task-cycles", type=int, default=2, help="cosine cycles of --epochs on the task images"
+        "--task-cycles", type=int, default=3, help="cosine cycles of --epochs on the task images"
     )
     p.add_argument("--texture-train", type=int, default=2000, help="texture images (seed 3)")
     p.add_argument(
@@ -208,7 +208,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "val_accuracy": accuracy,
         "history": history,
         "train_seconds": seconds,
-        "render_seconds": render.seconds,
+        "render_seconds": render.seconds + (previous or {}).get("render_seconds", 0.0),
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[1] if hasattr(os, "getloadavg") else None,
