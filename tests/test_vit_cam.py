@@ -133,8 +133,14 @@ CASES = [
 ]
 
 
+#: the big models (swin_tiny at 224 px, vit_b_16) run in the full suite only
+HEAVY = {"timm_swin_tiny", "torchvision_vit_b_16"}
+
+
 @pytest.mark.parametrize(
-    "build, shape, layer, layout, reshape", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    "build, shape, layer, layout, reshape",
+    [pytest.param(*c[1:], id=c[0], marks=[pytest.mark.slow] if c[0] in HEAVY else [])
+     for c in CASES],
 )
 def test_gradcam_on_token_layers_equals_pytorch_grad_cam(build, shape, layer, layout, reshape):
     model = build()

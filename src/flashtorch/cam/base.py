@@ -390,7 +390,8 @@ class CAMMethod(AttributionMethod):
 
     Args:
         model: an image model mapping ``(B, C, H, W)`` to ``(B, num_classes)``.
-        layer: module or dotted name; ``None`` finds the last spatial layer (module docstring).
+        layer: module or dotted name; ``None`` finds the default layer: the last map the target
+            score depends on (module docstring).
         call: which call of a module that runs several times in one forward pass (0-based);
             ``None`` refuses such modules with :class:`~flashtorch.errors.SharedModuleError`.
         relu: keep only the positive part of the coarse map.
