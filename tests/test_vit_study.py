@@ -87,17 +87,18 @@ def test_splice_keeps_the_other_half(scripts, tmp_path):
 def test_train_quick_then_reuse_then_faithfulness(scripts, tmp_path, capsys):
     train_vit, table = scripts
     out = tmp_path / "vit"
-    first = train_vit.main(["--quick", "--out", str(out)])
+    two = ["--quick", "--task-cycles", "2"]
+    first = train_vit.main([*two, "--out", str(out)])
     saved = json.loads((out / "vit.json").read_text())
     assert saved["config"] == train_vit.QUICK_CONFIG and saved["train"] == 32
     assert 0.0 <= first["val_accuracy"] <= 1.0 and (out / "vit.pt").exists()
     stamp = (out / "vit.pt").stat().st_mtime_ns
     capsys.readouterr()
-    again = train_vit.main(["--quick", "--out", str(out)])
+    again = train_vit.main([*two, "--out", str(out)])
     assert "reusing" in capsys.readouterr().out
     assert again == first and (out / "vit.pt").stat().st_mtime_ns == stamp
     # only equal settings are reused
-    wanted = train_vit.settings(train_vit.parse(["--quick"]))
+    wanted = train_vit.settings(train_vit.parse(two))
     assert train_vit.cached(out, wanted) is not None
     assert train_vit.cached(out, {**wanted, "seed": 1}) is None
     assert train_vit.cached(out, {**wanted, "epochs": 2}) is None
@@ -106,7 +107,7 @@ def test_train_quick_then_reuse_then_faithfulness(scripts, tmp_path, capsys):
     part = tmp_path / "part"
     train_vit.main(["--quick", "--out", str(part), "--task-cycles", "1"])
     capsys.readouterr()
-    continued = train_vit.main(["--quick", "--out", str(part)])
+    continued = train_vit.main([*two, "--out", str(part)])
     assert "continuing" in capsys.readouterr().out
     assert [h["stage"] for h in continued["history"]] == ["texture", "task", "task 2"]
 
