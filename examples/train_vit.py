@@ -4,16 +4,18 @@ No ImageNet-pretrained ViT can be installed offline, so the transformer studies
 (examples/faithfulness_table.py --vit) explain a timm ``VisionTransformer`` with a class token
 trained here on :class:`flashtorch.datasets.SyntheticLocalization` at 64 px (settings in
 ``examples/_study.py``: ``VIT_DATA``, ``VIT_CONFIG``). Training images use seed 0, the held-out
-accuracy seed 1 (the faithfulness table uses seed 2); every training image is rendered once and
-shown in a random one of its eight flips and quarter turns each epoch (the four textures keep
-their class under all of them).
+accuracy seed 1 (the faithfulness table uses seed 2). Training runs in stages: texture images
+(seed 3, the patch fills the image) first, then cosine cycles on the task images. Every training
+image is rendered once and shown in a random one of its eight flips and quarter turns each epoch
+(the four textures keep their class under all of them).
 
 Saves ``out/vit_synthetic/vit.pt`` (the state dict) and ``vit.json`` (config, data settings,
 accuracy, per-epoch history, seconds). A later run reuses them when the saved config and
-training settings match; ``--retrain`` forces training.
+training settings match, and continues a saved run with fewer task cycles;
+``--retrain`` forces training. Writes docs/vit.md (the measured accuracy and time).
 
-Run:  python examples/train_vit.py             (a few minutes on one CPU thread)
-      python examples/train_vit.py --quick     (a smoke run: a tiny model, seconds)
+Run:  python examples/train_vit.py             (one CPU thread; see docs/vit.md for the time)
+      python examples/train_vit.py --quick     (a smoke run of a tiny model, nothing in docs/)
 """
 
 from __future__ import annotations
