@@ -13,8 +13,13 @@ texture-patch task (ground truth: the patch decides the class), on held-out imag
 
 Writes docs/faithfulness.md. Run examples/transfer_learning.py first (it saves the weights).
 
+With ``--vit`` the same columns for the ViT of examples/train_vit.py (run it first), plus the
+rank correlation between the maps of two classes and a Grad-CAM layer comparison, written as
+the page's transformer section (each mode keeps the other's part of the page).
+
 Run:  python examples/faithfulness_table.py           (about 15-30 minutes on 2 CPU cores)
       python examples/faithfulness_table.py --quick   (smoke run, nothing written)
+      python examples/faithfulness_table.py --vit     (the transformer section)
 """
 
 from __future__ import annotations
