@@ -306,6 +306,17 @@ def ranking_lines(registered) -> list[str]:
     ]
 
 
+def constant_maps_lines(details) -> list[str]:
+    """The finding on maps that became constant on the fully randomised model (if any)."""
+    empty = [(d[0], d[-1]) for d in details if not str(d[-1]).startswith("0 of")]
+    if not empty:
+        return []
+    return [
+        "- Some maps become constant (no ranking, counted as correlation 0) on the fully "
+        "randomised model: " + ", ".join(f"`{n}` ({c})" for n, c in empty) + "."
+    ]
+
+
 def findings(rows, details, chance) -> list[str]:
     """Statements read off the table (no claims that the numbers do not support)."""
     registered = [r for r in rows if r[0] not in _study.REFERENCES]
@@ -348,12 +359,7 @@ def findings(rows, details, chance) -> list[str]:
             + ": these maps are mostly near zero, and SSIM of maps scaled to [0, 1] rewards "
             "the shared empty background. Read the rank correlation."
         )
-    empty = [(d[0], d[-1]) for d in details if not str(d[-1]).startswith("0 of")]
-    if empty:
-        out.append(
-            "- Some maps become constant (no ranking, counted as correlation 0) on the fully "
-            "randomised model: " + ", ".join(f"`{n}` ({c})" for n, c in empty) + "."
-        )
+    out += constant_maps_lines(details)
     twins = [
         (a[0], b[0])
         for i, a in enumerate(registered)
@@ -694,13 +700,7 @@ def vit_findings(summary) -> list[str]:
             + ", ".join(f"`{m}` {v:.2f}" for m, v in sorted(dependent.items(), key=lambda i: i[1]))
             + "."
         )
-    empty = [(d[0], d[-1]) for d in details if not str(d[-1]).startswith("0 of")]
-    if empty:
-        out.append(
-            "- Constant maps on the fully randomised model (counted as correlation 0): "
-            + ", ".join(f"`{n}` ({c})" for n, c in empty)
-            + "."
-        )
+    out += constant_maps_lines(details)
     sob = next((r for r in rows if r[0] == "Sobel edges (reference, model-blind)"), None)
     if sob is not None:
         beaten = [r[0] for r in registered if r[3] > sob[3]]
