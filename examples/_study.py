@@ -102,25 +102,38 @@ def method_callable(method: str) -> str | Callable[[nn.Module, Tensor, Any], Ten
     return REFERENCES.get(method, method)
 
 
-def compute_maps(model: nn.Module, inputs: Tensor, target: Any, method: str) -> Tensor:
-    """``(B, 1, H, W)`` maps of ``method`` (a registry name or a reference label)."""
+def compute_maps(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Any,
+    method: str,
+    options: dict[str, Any] | None = None,
+) -> Tensor:
+    """``(B, 1, H, W)`` maps of ``method`` (a registry name or a reference label).
+
+    ``options`` are the method's keyword options (default: :func:`options_for`).
+    """
     fn = REFERENCES.get(method)
     if fn is not None:
         return as_maps(fn(model, inputs, target), size=tuple(inputs.shape[-2:]))
-    result = flashtorch.attribute(
-        model, inputs, target=target, method=method, **options_for(method)
-    )
+    opts = options_for(method) if options is None else options
+    result = flashtorch.attribute(model, inputs, target=target, method=method, **opts)
     return as_maps(result, size=tuple(inputs.shape[-2:]))
 
 
 def batched_maps(
-    model: nn.Module, inputs: Tensor, target: Tensor | None, method: str, batch: int = 8
+    model: nn.Module,
+    inputs: Tensor,
+    target: Tensor | None,
+    method: str,
+    batch: int = 8,
+    options: dict[str, Any] | None = None,
 ) -> Tensor:
     """:func:`compute_maps` over chunks of ``batch`` images (bounded memory)."""
     out = []
     for start in range(0, len(inputs), batch):
         t = None if target is None else target[start : start + batch]
-        out.append(compute_maps(model, inputs[start : start + batch], t, method))
+        out.append(compute_maps(model, inputs[start : start + batch], t, method, options))
     return torch.cat(out)
 
 
@@ -161,3 +174,60 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+# --------------------------------------------------------------------------------------------
+# The small vision transformer of examples/train_vit.py
+# --------------------------------------------------------------------------------------------
+
+VIT_DIR = ROOT / "out" / "vit_synthetic"
+#: The synthetic task at 64 px for an 8 px-patch ViT: a class patch of 29-38 px (3.6-4.8 tokens
+#: a side; smaller patches did not train within a few CPU minutes) and 3-5 texture periods
+#: across it (at least 5.8 px a period: coarser than the 224 px default, which would alias).
+VIT_DATA: dict[str, Any] = {"size": 64, "patch_fraction": (0.45, 0.6), "periods": (3.0, 5.0)}
+#: A class-token ViT small enough to train from scratch in minutes on one CPU thread.
+VIT_CONFIG: dict[str, Any] = {
+    "img_size": 64,
+    "patch_size": 8,
+    "embed_dim": 96,
+    "depth": 4,
+    "num_heads": 3,
+    "mlp_ratio": 2.0,
+    "num_classes": 4,
+}
+
+
+def vit_dataset(length: int, seed: int, size: int | None = None, **changes: Any):
+    """``SyntheticLocalization`` with the ViT study's settings (:data:`VIT_DATA`, ``changes``)."""
+    from flashtorch.datasets import SyntheticLocalization
+
+    data = {**VIT_DATA, **changes}
+    if size is not None:
+        data["size"] = size
+    return SyntheticLocalization(length, seed=seed, **data)
+
+
+def build_vit(config: dict[str, Any], seed: int = 0) -> nn.Module:
+    """A timm ``VisionTransformer`` (class token) from ``config``, initialised from ``seed``."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = VisionTransformer(**config)
+    return model.eval()
+
+
+def load_vit(directory: Path = VIT_DIR) -> tuple[nn.Module, dict[str, Any]]:
+    """The ViT trained by examples/train_vit.py, in eval mode, and its saved summary."""
+    import json
+
+    weights, info = directory / "vit.pt", directory / "vit.json"
+    if not weights.exists() or not info.exists():
+        raise SystemExit(
+            f"{weights} not found: run `python examples/train_vit.py` first (it trains the ViT "
+            "and saves the weights there)"
+        )
+    summary = json.loads(info.read_text())
+    model = build_vit(summary["config"])
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval(), summary
