@@ -631,7 +631,7 @@ def run(
         log = store.progress_writer(ctx.rank)
         t0 = time.perf_counter()
         with _bar(progress and ctx.rank == 0, len(todo), ctx.world_size) as bar, \
-                torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             for number, batch in enumerate(_batches(dataset, mine, batch_size, num_workers,
                                                     dev)):
                 hit = fault is not None and fault[0] == ctx.rank and fault[1] == number
