@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -40,8 +41,7 @@ from torch.overrides import TorchFunctionMode
 from .errors import InputError
 
 #: set while an attribution call runs: a call made inside it (a wrapper's) adds no warning.
-_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("flashtorch_in_call",
-                                                                default=False)
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("flashtorch_in_call", default=False)
 
 
 @contextlib.contextmanager
@@ -97,8 +97,9 @@ def check_maps(name: str, maps: Tensor, *, cam: bool = False, stacklevel: int = 
         first = (
             "the layer's weighted activation is negative everywhere and the CAM's ReLU clips "
             "it (relu=False shows the negative evidence), the score's gradient at the layer is "
-            "zero (try another layer), " if cam else
-            "the explained score does not change with the input there (or the baseline or "
+            "zero (try another layer), "
+            if cam
+            else "the explained score does not change with the input there (or the baseline or "
             "fill equals the input): "
         )
         warnings.warn(
@@ -153,8 +154,9 @@ class DropoutWatch(TorchFunctionMode):
         super().__init__()
         self.seen: str | None = None
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
-                           kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         spec = _DROPOUTS.get(func) if self.seen is None else None
         if spec is not None:
@@ -210,10 +212,58 @@ def inference_tensor_error(name: str) -> InputError:
     )
 
 
+#: What a model's own forward pass says when the images do not fit it: torch's convolution
+#: (channel count), a linear layer after a flatten (image size), timm's and Hugging Face's checks.
+_CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+)")
+_HF_CHANNELS = re.compile(r"channel dimension of the pixel values .*Expected (\d+) but got (\d+)")
+_SIZE = (
+    re.compile(r"mat1 and mat2 shapes cannot be multiplied"),
+    re.compile(r"Input (height|width|image size) \(.*\) doesn't match model"),
+)
+
+
+def model_input_error(name: str, exc: BaseException, shape: tuple[int, ...]) -> InputError | None:
+    """An :class:`InputError` saying how to fix images that the model's forward refused, or None.
+
+    Only the model's own messages for a wrong channel count or image size are translated (the
+    original error is chained); anything else is left to propagate as it is.
+    """
+    text = str(exc)
+    match = _CHANNELS.search(text) or _HF_CHANNELS.search(text)
+    if match:
+        want, got = int(match.group(1)), int(match.group(2))
+        fix = {
+            (3, 1): "grey images: repeat the channel with x.expand(-1, 3, -1, -1)",
+            (3, 4): "RGBA images: drop the alpha channel with x[:, :3]",
+        }.get((want, got), f"give the images {want} channels")
+        return InputError(
+            f"{name}: the model expects {want} input channels, the images have {got} "
+            f"(shape {shape}); {fix} (flashtorch.utils.apply_transforms makes RGB tensors)"
+        )
+    if any(p.search(text) for p in _SIZE):
+        return InputError(
+            f"{name}: the model's forward pass refused images of shape {shape} "
+            f"({text.splitlines()[0][:160]}); the model most likely expects another input "
+            "size: resize the images to it (flashtorch.utils.apply_transforms(image, size=...))"
+        )
+    return None
+
+
+def meta_model_error(name: str) -> InputError:
+    """The error for a model whose parameters are on the meta device (no values yet)."""
+    return InputError(
+        f"{name}: the model's parameters are on the 'meta' device and hold no values; "
+        "materialise it first (model.to_empty(device='cpu') and load_state_dict(...)), "
+        "then explain it"
+    )
+
+
 __all__ = [
     "DropoutWatch",
     "check_maps",
     "inference_tensor_error",
+    "meta_model_error",
+    "model_input_error",
     "is_inference_tensor_error",
     "leave_inference_mode",
     "maps_checkable",

@@ -47,6 +47,12 @@ def _rows_error(output: Any) -> TargetError:
 def take_rows(output: Any, rows: Tensor | slice) -> Any:
     """Rows ``rows`` (an index tensor or a slice) of every batched tensor in ``output``."""
     if isinstance(output, Tensor):
+        if output.dim() == 0:
+            raise TargetError(
+                "the model returned a scalar (shape ()), not one output per image: attribution "
+                "needs a batch dimension; return (B, num_classes) logits or (B,) scores from "
+                "forward"
+            )
         return output[rows]
     batch = output_batch(output)
     leaves, spec = pytree.tree_flatten(output)

@@ -31,6 +31,12 @@ def check_images(inputs: Any, name: str = "inputs") -> Tensor:
         )
     if inputs.shape[0] == 0:
         raise InputError(f"{name} is an empty batch: shape {tuple(inputs.shape)}")
+    if inputs.is_meta:
+        raise InputError(
+            f"{name} is a meta tensor (shape {tuple(inputs.shape)}, no data): attribution needs "
+            "real values; create the images on 'cpu' or 'cuda' (e.g. torch.rand(..., "
+            "device='cpu'), or load them with flashtorch.utils.load_image)"
+        )
     if not inputs.dtype.is_floating_point:
         raise InputError(
             f"{name} must be a floating-point tensor, got {inputs.dtype}; convert with "

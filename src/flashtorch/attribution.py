@@ -33,7 +33,7 @@ from ._outputs import explained_output
 from ._surgery import model_device, preserved_state
 from ._targets import Target, prepare_target, resolve
 from ._validate import check_images, syncs_allowed
-from .errors import MethodError
+from .errors import FlashTorchError, MethodError
 
 
 @dataclass
@@ -214,9 +214,14 @@ class AttributionMethod(abc.ABC):
             try:
                 with watch if watch is not None else contextlib.nullcontext():
                     result = self._attribute(inputs, x, target)
-            except RuntimeError as exc:
+            except FlashTorchError:
+                raise
+            except (RuntimeError, ValueError, AssertionError) as exc:
                 if _guards.is_inference_tensor_error(exc):
                     raise _guards.inference_tensor_error(self.name) from exc
+                translated = _guards.model_input_error(self.name, exc, tuple(x.shape))
+                if translated is not None:
+                    raise translated from exc
                 raise
         if outer:
             if watch is not None and watch.seen is not None:
@@ -230,6 +235,8 @@ class AttributionMethod(abc.ABC):
         first = next(self.model.parameters(), None)
         if first is not None and first.is_inference():  # before any change to the model
             raise _guards.inference_tensor_error(self.name)
+        if first is not None and first.is_meta:
+            raise _guards.meta_model_error(self.name)
         device = model_device(self.model)
         x = _guards.usable_input(x.detach().to(device, model_dtype(self.model, x.dtype)))
         target = prepare_target(target, x.shape[0], device)

@@ -97,7 +97,7 @@ def scorecam_scores(
             hi = up.amax(dim=(2, 3), keepdim=True)
             masks = (up - lo) / (hi - lo + 1e-8)
             rows = torch.arange(start, stop, device=activation.device) // channels
-            out = model(inputs[rows] * masks)
+            out = model(inputs[rows] * masks.to(inputs.dtype))  # a float32 map, a half model
             s = score(out, rows)
             scores[start:stop] = s.to(scores.dtype)
     return scores.view(batch, channels)
