@@ -72,32 +72,47 @@ def rows_for(name: str, device: torch.device) -> dict[str, Any]:
         rows["float16 autocast"] = cosines(gradient(model, x, target), ref)
     if device.type == "cpu":
         rows["bfloat16 autocast (amp=True on the CPU)"] = cosines(
-            gradient(model, x, target, amp=True), ref)
+            gradient(model, x, target, amp=True), ref
+        )
     else:
         rows["float16 autocast (amp=True)"] = cosines(gradient(model, x, target, amp=True), ref)
     for label, rel in (("2^-11", 2.0**-11), ("2^-8", 2.0**-8)):
         rows[f"float32, input x (1 +- {label})"] = cosines(
-            gradient(model, perturbed(x, rel), target), ref)
+            gradient(model, perturbed(x, rel), target), ref
+        )
     rows["float32 fast=True (BN folded)"] = cosines(gradient(model, x, target, fast=True), ref)
     double = gradient(model.double(), x.double(), target)
     model.float()
     rows["float64 (reference for float32)"] = cosines(ref, double)
-    return {"model": name, "note": spec.note, "targets": target.tolist(),
-            "rows": {k: {"min": min(v), "mean": sum(v) / len(v), "per_image": v}
-                     for k, v in rows.items()}}
+    return {
+        "model": name,
+        "note": spec.note,
+        "targets": target.tolist(),
+        "rows": {
+            k: {"min": min(v), "mean": sum(v) / len(v), "per_image": v} for k, v in rows.items()
+        },
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"# Reduced-precision gradient maps against float32 ({report['device']})", "",
+        f"# Reduced-precision gradient maps against float32 ({report['device']})",
+        "",
         f"- date: {report['date']}; machine: {report['machine']}; torch {report['torch']}, "
         f"flashtorch {report['flashtorch']}",
         "- `gradient` maps of the four example photos (" + ", ".join(PHOTOS) + "), target: the "
-        "float32 prediction; cosine per image against the float32 map (min and mean)", "",
+        "float32 prediction; cosine per image against the float32 map (min and mean)",
+        "",
     ]
     for entry in report["models"]:
-        lines += [f"## {entry['model']}", "", f"{entry['note']}", "",
-                  "| computation | min cos | mean cos |", "|---|---:|---:|"]
+        lines += [
+            f"## {entry['model']}",
+            "",
+            f"{entry['note']}",
+            "",
+            "| computation | min cos | mean cos |",
+            "|---|---:|---:|",
+        ]
         for label, r in entry["rows"].items():
             lines.append(f"| {label} | {r['min']:.5f} | {r['mean']:.5f} |")
         lines.append("")
@@ -117,10 +132,13 @@ def main() -> None:
     report = {
         "device": str(device),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                    else f"{platform.processor() or platform.machine()}, "
-                         f"{torch.get_num_threads()} threads"),
-        "torch": torch.__version__, "flashtorch": flashtorch.__version__,
+        "machine": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        ),
+        "torch": torch.__version__,
+        "flashtorch": flashtorch.__version__,
         "models": [rows_for(name, device) for name in a.models],
     }
     out = Path(a.out)

@@ -76,7 +76,12 @@ GRADIENT_METHODS = ("gradient", "gradient_x_input", "guided", "deconvnet")
 CAM_METHODS = ("gradcam", "gradcam_pp", "layercam", "guided_gradcam")
 NSAMPLE_METHODS = ("smoothgrad", "integrated_gradients")
 DEFAULT_METHODS = (
-    *GRADIENT_METHODS, "smoothgrad", "integrated_gradients", "occlusion", *CAM_METHODS, "scorecam"
+    *GRADIENT_METHODS,
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+    *CAM_METHODS,
+    "scorecam",
 )
 FAMILY = {
     **{m: "gradient" for m in GRADIENT_METHODS},
@@ -123,9 +128,7 @@ class TinyNet(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.features = nn.Sequential(
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()
-        )
+        self.features = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(16, classes)
 
@@ -165,13 +168,27 @@ def build_model(name: str, device: torch.device) -> ModelSpec:
 
         model = torchvision.models.resnet50(weights=None)
         _randomise_bn(model)
-        spec = ModelSpec(name, model, 224, 1000, "layer4", "maxpool",
-                         "torchvision, random weights, BN statistics randomised (seed 0)")
+        spec = ModelSpec(
+            name,
+            model,
+            224,
+            1000,
+            "layer4",
+            "maxpool",
+            "torchvision, random weights, BN statistics randomised (seed 0)",
+        )
     elif name in ("efficientnet_lite0", "lite0"):
         from flashtorch.models import load_pretrained
 
-        spec = ModelSpec("efficientnet_lite0", load_pretrained(), 224, 1000, "net.bn2",
-                         "net.blocks.4", "flashtorch.models.load_pretrained() (ImageNet weights)")
+        spec = ModelSpec(
+            "efficientnet_lite0",
+            load_pretrained(),
+            224,
+            1000,
+            "net.bn2",
+            "net.blocks.4",
+            "flashtorch.models.load_pretrained() (ImageNet weights)",
+        )
     elif name == "tiny":
         model = TinyNet()
         _randomise_bn(model)
@@ -183,8 +200,9 @@ def build_model(name: str, device: torch.device) -> ModelSpec:
         _randomise_bn(model)
         spec = ModelSpec(name, model, 224, 1000, "", "", "torchvision, random weights")
     else:
-        raise SystemExit(f"unknown model {name!r}: resnet50, efficientnet_lite0, tiny, "
-                         "torchvision:NAME")
+        raise SystemExit(
+            f"unknown model {name!r}: resnet50, efficientnet_lite0, tiny, torchvision:NAME"
+        )
     spec.model.to(device).eval()
     if not spec.cam_layer:
         from flashtorch.cam import default_layer
@@ -220,7 +238,7 @@ def chunked_raw_limit(model: nn.Module, rows: Tensor, idx: Tensor, size: int) ->
     """The raw limit over pre-built expanded rows, ``size`` rows per pass."""
     out = []
     for a in range(0, rows.shape[0], size):
-        out.append(raw_limit(model, rows[a:a + size], idx[a:a + size]))
+        out.append(raw_limit(model, rows[a : a + size], idx[a : a + size]))
     return torch.cat(out)
 
 
@@ -229,7 +247,7 @@ def forward_limit(model: nn.Module, x: Tensor, rows: Tensor, size: int) -> Tenso
     with torch.no_grad():
         outs = [model(x)]
         for a in range(0, rows.shape[0], size):
-            outs.append(model(rows[a:a + size]))
+            outs.append(model(rows[a : a + size]))
     return torch.cat(outs)
 
 
@@ -279,11 +297,14 @@ def load_legacy(path: str) -> tuple[Any, str]:
     the environment itself: it would replace flashtorch 1.0).
     """
     if not path or not os.path.isdir(os.path.join(path, "flashtorch")):
-        return None, (f"FlashTorch 0.1.3 not found at {path!r} (pip install --no-deps --target "
-                      "DIR flashtorch==0.1.3 importlib_resources; pass --legacy-path DIR)")
+        return None, (
+            f"FlashTorch 0.1.3 not found at {path!r} (pip install --no-deps --target "
+            "DIR flashtorch==0.1.3 importlib_resources; pass --legacy-path DIR)"
+        )
     os.environ.setdefault("MPLBACKEND", "Agg")
-    ours = {k: v for k, v in sys.modules.items()
-            if k == "flashtorch" or k.startswith("flashtorch.")}
+    ours = {
+        k: v for k, v in sys.modules.items() if k == "flashtorch" or k.startswith("flashtorch.")
+    }
     for k in ours:
         del sys.modules[k]
     sys.path.insert(0, path)
@@ -380,8 +401,11 @@ def n_samples_for(cfg: Config, batch: int) -> int:
 def _drop_unused_folded(case: Case) -> None:
     """Remove the BN-folded limits of a case when no fast candidate refers to them."""
     used = {c.limit for c in case.candidates if c.library != "limit"}
-    case.candidates = [c for c in case.candidates
-                       if not (c.library == "limit" and c.mode == "folded" and c.name not in used)]
+    case.candidates = [
+        c
+        for c in case.candidates
+        if not (c.library == "limit" and c.mode == "folded" and c.name not in used)
+    ]
 
 
 def _silent(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -423,10 +447,12 @@ class Env:
         self.fast_format = torch.channels_last if cl else torch.contiguous_format
         self.fast_tag = "BN-folded " + ("channels_last" if cl else "contiguous")
         self.folded_cl = copy.deepcopy(self.folded).to(memory_format=self.fast_format)
-        self.captum, self.captum_note = (None, "--no-peers") if not cfg.peers else _optional(
-            "captum.attr")
-        self.pgc, self.pgc_note = (None, "--no-peers") if not cfg.peers else _optional(
-            "pytorch_grad_cam")
+        self.captum, self.captum_note = (
+            (None, "--no-peers") if not cfg.peers else _optional("captum.attr")
+        )
+        self.pgc, self.pgc_note = (
+            (None, "--no-peers") if not cfg.peers else _optional("pytorch_grad_cam")
+        )
         if cfg.peers:
             self.legacy_cls, self.legacy_note = load_legacy(cfg.legacy_path)
         else:
@@ -440,11 +466,19 @@ class Env:
         return x, idx
 
 
-def _flashtorch_rows(env: Env, case: Case, name: str, x: Tensor, target: Any,
-                     limit: str, fast_limit: str | None, *,
-                     extra_modes: tuple[tuple[str, dict[str, Any]], ...] = (),
-                     floor_peers: dict[str, tuple[str, ...]] | None = None,
-                     **options: Any) -> None:
+def _flashtorch_rows(
+    env: Env,
+    case: Case,
+    name: str,
+    x: Tensor,
+    target: Any,
+    limit: str,
+    fast_limit: str | None,
+    *,
+    extra_modes: tuple[tuple[str, dict[str, Any]], ...] = (),
+    floor_peers: dict[str, tuple[str, ...]] | None = None,
+    **options: Any,
+) -> None:
     """Exact, fast (and amp) candidates of one flashtorch method, or notes saying why not.
 
     ``extra_modes`` adds ``(mode, options)`` pairs, each run exact and fast (``"<mode>"`` and
@@ -470,36 +504,81 @@ def _flashtorch_rows(env: Env, case: Case, name: str, x: Tensor, target: Any,
             case.notes.append(f"flashtorch {name} {mode}: not available ({why})")
             continue
         base_mode = mode.removeprefix("fast").strip() or "exact"
-        case.candidates.append(Candidate(
-            f"flashtorch {name} {mode}", "flashtorch", name, _ft(method, x, target), mode, lim,
-            floor_peers=(floor_peers or {}).get(base_mode)))
+        case.candidates.append(
+            Candidate(
+                f"flashtorch {name} {mode}",
+                "flashtorch",
+                name,
+                _ft(method, x, target),
+                mode,
+                lim,
+                floor_peers=(floor_peers or {}).get(base_mode),
+            )
+        )
 
 
-def build_gradient_case(env: Env, batch: int, methods: tuple[str, ...],
-                        floor_only: bool = False) -> Case:
+def build_gradient_case(
+    env: Env, batch: int, methods: tuple[str, ...], floor_only: bool = False
+) -> Case:
     cfg, model = env.cfg, env.model
     x, idx = env.inputs(batch)
     case = Case(env.spec.name, batch, "gradient", 1)
     c = case.candidates
-    c.append(Candidate("limit", "limit", "limit", lambda: raw_limit(env.frozen, x, idx), "frozen",
-                       note="forward + autograd.grad w.r.t. input, params requires_grad=False"))
+    c.append(
+        Candidate(
+            "limit",
+            "limit",
+            "limit",
+            lambda: raw_limit(env.frozen, x, idx),
+            "frozen",
+            note="forward + autograd.grad w.r.t. input, params requires_grad=False",
+        )
+    )
     if not floor_only:
-        c.append(Candidate("limit params-requires-grad", "limit", "limit",
-                           lambda: raw_limit(model, x, idx), "requires_grad",
-                           note="same, parameters requires_grad=True"))
-    c.append(Candidate("limit BN-folded", "limit", "limit",
-                       lambda: raw_limit(env.folded, x, idx), "folded-contiguous",
-                       note=f"on the BN-folded copy ({env.n_folded} pairs)"))
+        c.append(
+            Candidate(
+                "limit params-requires-grad",
+                "limit",
+                "limit",
+                lambda: raw_limit(model, x, idx),
+                "requires_grad",
+                note="same, parameters requires_grad=True",
+            )
+        )
+    c.append(
+        Candidate(
+            "limit BN-folded",
+            "limit",
+            "limit",
+            lambda: raw_limit(env.folded, x, idx),
+            "folded-contiguous",
+            note=f"on the BN-folded copy ({env.n_folded} pairs)",
+        )
+    )
     xcl = x.contiguous(memory_format=env.fast_format)
-    c.append(Candidate(f"limit {env.fast_tag}", "limit", "limit",
-                       lambda: raw_limit(env.folded_cl, xcl, idx), "folded",
-                       note="the floor of fast=True (BN folded, in its layout)"))
+    c.append(
+        Candidate(
+            f"limit {env.fast_tag}",
+            "limit",
+            "limit",
+            lambda: raw_limit(env.folded_cl, xcl, idx),
+            "folded",
+            note="the floor of fast=True (BN folded, in its layout)",
+        )
+    )
     if cfg.compile and not floor_only:
         try:
             if env.compiled is None:  # (a module's truth value calls len())
                 env.compiled = torch.compile(frozen_copy(model))
-            c.append(Candidate("limit torch.compile", "limit", "limit",
-                               lambda: raw_limit(env.compiled, x, idx), "compiled"))
+            c.append(
+                Candidate(
+                    "limit torch.compile",
+                    "limit",
+                    "limit",
+                    lambda: raw_limit(env.compiled, x, idx),
+                    "compiled",
+                )
+            )
         except Exception as exc:
             case.notes.append(f"torch.compile: {exc!r}")
     if cfg.cuda_graphs and env.device.type == "cuda" and not floor_only:
@@ -511,8 +590,15 @@ def build_gradient_case(env: Env, batch: int, methods: tuple[str, ...],
             continue
         _flashtorch_rows(env, case, name, x, idx, "limit", f"limit {env.fast_tag}")
         if env.captum is not None and name in CAPTUM_OF:
-            c.append(Candidate(f"captum {CAPTUM_OF[name]}", "captum", name,
-                               _captum_gradient(env.captum, name, model, x, idx), limit="limit"))
+            c.append(
+                Candidate(
+                    f"captum {CAPTUM_OF[name]}",
+                    "captum",
+                    name,
+                    _captum_gradient(env.captum, name, model, x, idx),
+                    limit="limit",
+                )
+            )
         if env.legacy_cls is not None and name in ("gradient", "guided") and not floor_only:
             c.append(_legacy_candidate(env, x, idx, guided=name == "guided"))
     if env.captum is None:
@@ -522,48 +608,81 @@ def build_gradient_case(env: Env, batch: int, methods: tuple[str, ...],
     return case
 
 
-def _captum_gradient(ca: Any, name: str, model: nn.Module, x: Tensor,
-                     idx: Tensor) -> Callable[[], Any]:
+def _captum_gradient(
+    ca: Any, name: str, model: nn.Module, x: Tensor, idx: Tensor
+) -> Callable[[], Any]:
     """Captum's counterpart of a flashtorch gradient method (a new object per call)."""
     if name == "gradient":
         return _silent(lambda: ca.Saliency(model).attribute(x, target=idx, abs=False))
-    cls = {"gradient_x_input": ca.InputXGradient, "guided": ca.GuidedBackprop,
-           "deconvnet": ca.Deconvolution}[name]
+    cls = {
+        "gradient_x_input": ca.InputXGradient,
+        "guided": ca.GuidedBackprop,
+        "deconvnet": ca.Deconvolution,
+    }[name]
     return _silent(lambda: cls(model).attribute(x, target=idx))
 
 
-def _captum_cam(ca: Any, name: str, model: nn.Module, layer: str, x: Tensor,
-                idx: Tensor) -> Callable[[], Any]:
+def _captum_cam(
+    ca: Any, name: str, model: nn.Module, layer: str, x: Tensor, idx: Tensor
+) -> Callable[[], Any]:
     """Captum's ``LayerGradCam`` (+ bilinear upsampling to the input) or ``GuidedGradCam``."""
     mod = model.get_submodule(layer)
     size = tuple(x.shape[-2:])
     if name == "gradcam":
+
         def run() -> Tensor:
             a = ca.LayerGradCam(model, mod).attribute(x, target=idx, relu_attributions=True)
             return ca.LayerAttribution.interpolate(a, size, "bilinear")
     else:
+
         def run() -> Tensor:
-            return ca.GuidedGradCam(model, mod).attribute(x, target=idx,
-                                                          interpolate_mode="bilinear")
+            return ca.GuidedGradCam(model, mod).attribute(
+                x, target=idx, interpolate_mode="bilinear"
+            )
+
     return _silent(run)
 
 
-def _captum_nsample(ca: Any, family: str, model: nn.Module, x: Tensor, idx: Tensor, n: int,
-                    rows: int, stdev: float, delta: bool = False) -> Callable[[], Any]:
+def _captum_nsample(
+    ca: Any,
+    family: str,
+    model: nn.Module,
+    x: Tensor,
+    idx: Tensor,
+    n: int,
+    rows: int,
+    stdev: float,
+    delta: bool = False,
+) -> Callable[[], Any]:
     """Captum ``NoiseTunnel(Saliency)`` or ``IntegratedGradients``, ``rows`` rows per pass
     (``delta``: IG with ``return_convergence_delta=True``, which also runs ``x`` and ``x'``)."""
     batch = x.shape[0]
     if family == "smoothgrad":
+
         def run() -> Tensor:
             return ca.NoiseTunnel(ca.Saliency(model)).attribute(
-                x, nt_type="smoothgrad", nt_samples=n, nt_samples_batch_size=max(1, rows // batch),
-                stdevs=stdev, target=idx, abs=False)
+                x,
+                nt_type="smoothgrad",
+                nt_samples=n,
+                nt_samples_batch_size=max(1, rows // batch),
+                stdevs=stdev,
+                target=idx,
+                abs=False,
+            )
     else:
+
         def run() -> Tensor:
             out = ca.IntegratedGradients(model).attribute(
-                x, baselines=0.0, target=idx, n_steps=n, method="gausslegendre",
-                internal_batch_size=rows, return_convergence_delta=delta)
+                x,
+                baselines=0.0,
+                target=idx,
+                n_steps=n,
+                method="gausslegendre",
+                internal_batch_size=rows,
+                return_convergence_delta=delta,
+            )
             return out[0] if delta else out
+
     return _silent(run)
 
 
@@ -588,15 +707,20 @@ def _legacy_candidate(env: Env, x: Tensor, idx: Tensor, guided: bool) -> Candida
     def run() -> Tensor:
         maps = []
         for i in range(x.shape[0]):
-            xi = x[i:i + 1].detach().clone().requires_grad_(True)
+            xi = x[i : i + 1].detach().clone().requires_grad_(True)
             maps.append(bp.calculate_gradients(xi, int(idx[i]), guided=guided, use_gpu=cuda))
         return torch.stack(maps)
 
     mode = "guided" if guided else "plain"
-    return Candidate(f"FlashTorch 0.1.3 Backprop {mode}", "flashtorch-0.1.3",
-                     "guided" if guided else "gradient", _silent(run), limit="limit",
-                     prepare=prepare if guided else None,
-                     note="batch 1 loop, parameter gradients, predicted class")
+    return Candidate(
+        f"FlashTorch 0.1.3 Backprop {mode}",
+        "flashtorch-0.1.3",
+        "guided" if guided else "gradient",
+        _silent(run),
+        limit="limit",
+        prepare=prepare if guided else None,
+        note="batch 1 loop, parameter gradients, predicted class",
+    )
 
 
 def _cuda_graph_of(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], Tensor]:
@@ -621,8 +745,10 @@ def _cuda_graph_of(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], Te
 
 
 #: flashtorch.graphed rows: (method, fast) per family
-GRAPHED = {"gradient": (("gradient", False), ("gradient", True), ("guided", True)),
-           "cam": (("gradcam", True), ("guided_gradcam", True))}
+GRAPHED = {
+    "gradient": (("gradient", False), ("gradient", True), ("guided", True)),
+    "cam": (("gradcam", True), ("guided_gradcam", True)),
+}
 
 
 def _add_cuda_graphs(env: Env, case: Case, x: Tensor, idx: Tensor) -> None:
@@ -633,13 +759,19 @@ def _add_cuda_graphs(env: Env, case: Case, x: Tensor, idx: Tensor) -> None:
     if case.family == "gradient":
         x_cl = x.contiguous(memory_format=env.fast_format)
         for name, net, xin, mode in (
-                ("limit CUDA graph", env.frozen, x, "exact"),
-                (f"limit CUDA graph {env.fast_tag}", env.folded_cl, x_cl, "fast")):
+            ("limit CUDA graph", env.frozen, x, "exact"),
+            (f"limit CUDA graph {env.fast_tag}", env.folded_cl, x_cl, "fast"),
+        ):
             try:
-                case.candidates.append(Candidate(
-                    name, "limit", "limit",
-                    _cuda_graph_of(lambda s, net=net: raw_limit(net, s, idx), xin),
-                    "cuda-graph"))
+                case.candidates.append(
+                    Candidate(
+                        name,
+                        "limit",
+                        "limit",
+                        _cuda_graph_of(lambda s, net=net: raw_limit(net, s, idx), xin),
+                        "cuda-graph",
+                    )
+                )
                 limits[mode] = name
             except Exception as exc:
                 case.notes.append(f"{name} failed: {exc!r}")
@@ -653,10 +785,17 @@ def _add_cuda_graphs(env: Env, case: Case, x: Tensor, idx: Tensor) -> None:
         except Exception as exc:
             case.notes.append(f"flashtorch.graphed({name}, fast={fast}): {exc!r}")
             continue
-        case.candidates.append(Candidate(
-            f"flashtorch {name} {mode} graphed", "flashtorch", name,
-            _ft(g, x, idx), f"{mode}+cuda-graph", limits.get(mode),
-            note="flashtorch.graphed: one capture, then replays"))
+        case.candidates.append(
+            Candidate(
+                f"flashtorch {name} {mode} graphed",
+                "flashtorch",
+                name,
+                _ft(g, x, idx),
+                f"{mode}+cuda-graph",
+                limits.get(mode),
+                note="flashtorch.graphed: one capture, then replays",
+            )
+        )
 
 
 def _expanded(x: Tensor, idx: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -671,62 +810,120 @@ def build_nsample_case(env: Env, batch: int, family: str) -> Case:
     size = min(cfg.internal_batch_size, n * batch)
     size = max(batch, size - size % batch)  # whole samples per pass (Captum's granularity)
     rows, ridx = _expanded(x, idx, n)
-    case = Case(env.spec.name, batch, family, n,
-                settings={"n": n, "internal_batch_size": size, "expanded_rows": n * batch})
-    case.candidates.append(Candidate(
-        "limit expanded", "limit", "limit", lambda: chunked_raw_limit(env.frozen, rows, ridx, size),
-        "frozen", note=f"raw limit on {n} x {batch} rows, {size} rows per pass"))
+    case = Case(
+        env.spec.name,
+        batch,
+        family,
+        n,
+        settings={"n": n, "internal_batch_size": size, "expanded_rows": n * batch},
+    )
+    case.candidates.append(
+        Candidate(
+            "limit expanded",
+            "limit",
+            "limit",
+            lambda: chunked_raw_limit(env.frozen, rows, ridx, size),
+            "frozen",
+            note=f"raw limit on {n} x {batch} rows, {size} rows per pass",
+        )
+    )
     rows_cl = rows.contiguous(memory_format=env.fast_format)
-    case.candidates.append(Candidate(
-        f"limit expanded {env.fast_tag}", "limit", "limit",
-        lambda: chunked_raw_limit(env.folded_cl, rows_cl, ridx, size), "folded"))
+    case.candidates.append(
+        Candidate(
+            f"limit expanded {env.fast_tag}",
+            "limit",
+            "limit",
+            lambda: chunked_raw_limit(env.folded_cl, rows_cl, ridx, size),
+            "folded",
+        )
+    )
     if family == "smoothgrad":
         opts = {"n_samples": n, "noise": 0.15, "seed": 0, "internal_batch_size": size}
     else:
-        opts = {"steps": n, "internal_batch_size": size, "baseline": "zero",
-                "rule": "gausslegendre"}
+        opts = {
+            "steps": n,
+            "internal_batch_size": size,
+            "baseline": "zero",
+            "rule": "gausslegendre",
+        }
     # The default (clean_pass=True) also runs the clean batch (and IG's baselines) once, for
     # `predicted`, `scores` and IG's completeness delta; clean_pass=False is the same work as
     # Captum's default call. Each is held to the peer doing the same work.
     peer = f"captum {CAPTUM_OF[family]}"
-    matched = {"no-clean-pass": (peer,),
-               "exact": (f"{peer}+delta",) if family == "integrated_gradients" else ()}
-    _flashtorch_rows(env, case, family, x, idx, "limit expanded",
-                     f"limit expanded {env.fast_tag}",
-                     extra_modes=(("no-clean-pass", {"clean_pass": False}),),
-                     floor_peers=matched, **opts)
+    matched = {
+        "no-clean-pass": (peer,),
+        "exact": (f"{peer}+delta",) if family == "integrated_gradients" else (),
+    }
+    _flashtorch_rows(
+        env,
+        case,
+        family,
+        x,
+        idx,
+        "limit expanded",
+        f"limit expanded {env.fast_tag}",
+        extra_modes=(("no-clean-pass", {"clean_pass": False}),),
+        floor_peers=matched,
+        **opts,
+    )
     if env.captum is not None:
         sd = float(0.15 * (x.max() - x.min()))
-        case.candidates.append(Candidate(
-            peer, "captum", family,
-            _captum_nsample(env.captum, family, model, x, idx, n, size, sd),
-            limit="limit expanded"))
+        case.candidates.append(
+            Candidate(
+                peer,
+                "captum",
+                family,
+                _captum_nsample(env.captum, family, model, x, idx, n, size, sd),
+                limit="limit expanded",
+            )
+        )
         if family == "integrated_gradients":
-            case.candidates.append(Candidate(
-                f"{peer}+delta", "captum", family,
-                _captum_nsample(env.captum, family, model, x, idx, n, size, sd, delta=True),
-                limit="limit expanded", note="return_convergence_delta=True (runs x and x')"))
+            case.candidates.append(
+                Candidate(
+                    f"{peer}+delta",
+                    "captum",
+                    family,
+                    _captum_nsample(env.captum, family, model, x, idx, n, size, sd, delta=True),
+                    limit="limit expanded",
+                    note="return_convergence_delta=True (runs x and x')",
+                )
+            )
         else:
             case.notes.append(
                 "SmoothGrad maps of two libraries differ by their noise draws: the cosine "
-                "between them is not an agreement check")
+                "between them is not an agreement check"
+            )
     else:
         case.notes.append(env.captum_note)
     _drop_unused_folded(case)
     return case
 
 
-def _add_forward_limits(env: Env, case: Case, x: Tensor, rows: Tensor, size: int,
-                        what: str) -> None:
+def _add_forward_limits(
+    env: Env, case: Case, x: Tensor, rows: Tensor, size: int, what: str
+) -> None:
     """The gradient-free limits of occlusion / Score-CAM: the clean batch and the ``rows``,
     ``size`` per pass, on the model and on its BN-folded copy (in fast=True's layout)."""
-    case.candidates.append(Candidate(
-        "limit forwards", "limit", "limit", lambda: forward_limit(env.frozen, x, rows, size),
-        "no-grad", note=f"clean forward + {what}, {size} per pass"))
+    case.candidates.append(
+        Candidate(
+            "limit forwards",
+            "limit",
+            "limit",
+            lambda: forward_limit(env.frozen, x, rows, size),
+            "no-grad",
+            note=f"clean forward + {what}, {size} per pass",
+        )
+    )
     x_cl, rows_cl = (t.contiguous(memory_format=env.fast_format) for t in (x, rows))
-    case.candidates.append(Candidate(
-        f"limit forwards {env.fast_tag}", "limit", "limit",
-        lambda: forward_limit(env.folded_cl, x_cl, rows_cl, size), "folded"))
+    case.candidates.append(
+        Candidate(
+            f"limit forwards {env.fast_tag}",
+            "limit",
+            "limit",
+            lambda: forward_limit(env.folded_cl, x_cl, rows_cl, size),
+            "folded",
+        )
+    )
 
 
 def build_occlusion_case(env: Env, batch: int) -> Case:
@@ -740,28 +937,52 @@ def build_occlusion_case(env: Env, batch: int) -> Case:
     size = max(batch, min(cfg.internal_batch_size, p * batch))
     size -= size % batch
     rows = x.repeat(p, 1, 1, 1).contiguous()
-    case = Case(env.spec.name, batch, "occlusion", p,
-                settings={"window": w, "stride": s, "windows": p, "internal_batch_size": size})
+    case = Case(
+        env.spec.name,
+        batch,
+        "occlusion",
+        p,
+        settings={"window": w, "stride": s, "windows": p, "internal_batch_size": size},
+    )
     _add_forward_limits(env, case, x, rows, size, f"{p} x {batch} occluded rows")
-    _flashtorch_rows(env, case, "occlusion", x, idx, "limit forwards",
-                     f"limit forwards {env.fast_tag}",
-                     window=w, stride=s, fill=0.0, internal_batch_size=size)
+    _flashtorch_rows(
+        env,
+        case,
+        "occlusion",
+        x,
+        idx,
+        "limit forwards",
+        f"limit forwards {env.fast_tag}",
+        window=w,
+        stride=s,
+        fill=0.0,
+        internal_batch_size=size,
+    )
     if env.captum is not None:
         ca = env.captum
 
         def peer() -> Tensor:
             return ca.Occlusion(model).attribute(
-                x, sliding_window_shapes=(3, w, w), strides=(3, s, s), target=idx, baselines=0.0,
-                perturbations_per_eval=size // batch)
+                x,
+                sliding_window_shapes=(3, w, w),
+                strides=(3, s, s),
+                target=idx,
+                baselines=0.0,
+                perturbations_per_eval=size // batch,
+            )
 
-        case.candidates.append(Candidate("captum Occlusion", "captum", "occlusion", _silent(peer),
-                                         limit="limit forwards"))
+        case.candidates.append(
+            Candidate(
+                "captum Occlusion", "captum", "occlusion", _silent(peer), limit="limit forwards"
+            )
+        )
     _drop_unused_folded(case)
     return case
 
 
-def _pgc_call(env: Env, cls_name: str, layer: str, x: Tensor, idx: Tensor,
-              batch_size: int | None = None) -> Callable[[], Any]:
+def _pgc_call(
+    env: Env, cls_name: str, layer: str, x: Tensor, idx: Tensor, batch_size: int | None = None
+) -> Callable[[], Any]:
     pgc = env.pgc
     targets_mod = importlib.import_module("pytorch_grad_cam.utils.model_targets")
     module = env.model.get_submodule(layer)
@@ -784,30 +1005,71 @@ def build_cam_case(env: Env, batch: int, methods: tuple[str, ...]) -> Case:
     x, idx = env.inputs(batch)
     case = Case(env.spec.name, batch, "cam", 1, settings={"layer": layer})
     c = case.candidates
-    c.append(Candidate("limit to layer", "limit", "limit",
-                       lambda: layer_limit(env.frozen, layer, x, idx), "frozen",
-                       note=f"forward + autograd.grad w.r.t. {layer}'s activation"))
+    c.append(
+        Candidate(
+            "limit to layer",
+            "limit",
+            "limit",
+            lambda: layer_limit(env.frozen, layer, x, idx),
+            "frozen",
+            note=f"forward + autograd.grad w.r.t. {layer}'s activation",
+        )
+    )
     x_cl = x.contiguous(memory_format=env.fast_format)
-    c.append(Candidate(f"limit to layer {env.fast_tag}", "limit", "limit",
-                       lambda: layer_limit(env.folded_cl, layer, x_cl, idx), "folded"))
+    c.append(
+        Candidate(
+            f"limit to layer {env.fast_tag}",
+            "limit",
+            "limit",
+            lambda: layer_limit(env.folded_cl, layer, x_cl, idx),
+            "folded",
+        )
+    )
     if "guided_gradcam" in methods:
-        c.append(Candidate("limit to input", "limit", "limit",
-                           lambda: raw_limit(env.frozen, x, idx), "frozen",
-                           note="guided Grad-CAM's floor: one forward + one backward to input"))
-        c.append(Candidate(f"limit to input {env.fast_tag}", "limit", "limit",
-                           lambda: raw_limit(env.folded_cl, x_cl, idx), "folded"))
+        c.append(
+            Candidate(
+                "limit to input",
+                "limit",
+                "limit",
+                lambda: raw_limit(env.frozen, x, idx),
+                "frozen",
+                note="guided Grad-CAM's floor: one forward + one backward to input",
+            )
+        )
+        c.append(
+            Candidate(
+                f"limit to input {env.fast_tag}",
+                "limit",
+                "limit",
+                lambda: raw_limit(env.folded_cl, x_cl, idx),
+                "folded",
+            )
+        )
     for name in methods:
         if FAMILY.get(name) != "cam":
             continue
         lim = "limit to input" if name == "guided_gradcam" else "limit to layer"
-        _flashtorch_rows(env, case, name, x, idx, lim, f"{lim} {env.fast_tag}",
-                         layer=layer)
+        _flashtorch_rows(env, case, name, x, idx, lim, f"{lim} {env.fast_tag}", layer=layer)
         if env.captum is not None and name in CAPTUM_OF:
-            c.append(Candidate(f"captum {CAPTUM_OF[name]}", "captum", name,
-                               _captum_cam(env.captum, name, model, layer, x, idx), limit=lim))
+            c.append(
+                Candidate(
+                    f"captum {CAPTUM_OF[name]}",
+                    "captum",
+                    name,
+                    _captum_cam(env.captum, name, model, layer, x, idx),
+                    limit=lim,
+                )
+            )
         if env.pgc is not None and name in GRADCAM_OF:
-            c.append(Candidate(f"pytorch-grad-cam {GRADCAM_OF[name]}", "pytorch-grad-cam", name,
-                               _pgc_call(env, GRADCAM_OF[name], layer, x, idx), limit=lim))
+            c.append(
+                Candidate(
+                    f"pytorch-grad-cam {GRADCAM_OF[name]}",
+                    "pytorch-grad-cam",
+                    name,
+                    _pgc_call(env, GRADCAM_OF[name], layer, x, idx),
+                    limit=lim,
+                )
+            )
     if env.pgc is None:
         case.notes.append(env.pgc_note)
     if env.cfg.cuda_graphs and env.device.type == "cuda":
@@ -822,19 +1084,40 @@ def build_scorecam_case(env: Env, batch: int) -> Case:
         k = _layer_channels(env.frozen, layer, x[:1])
     size = env.cfg.internal_batch_size
     rows = x.repeat(k, 1, 1, 1).contiguous()
-    case = Case(env.spec.name, batch, "scorecam", k,
-                settings={"layer": layer, "channels": k, "internal_batch_size": size},
-                notes=[f"Score-CAM costs K = {k} masked forwards per image; the layer is one "
-                       "with few channels to keep the run short (the ratio does not depend "
-                       "on K)"])
+    case = Case(
+        env.spec.name,
+        batch,
+        "scorecam",
+        k,
+        settings={"layer": layer, "channels": k, "internal_batch_size": size},
+        notes=[
+            f"Score-CAM costs K = {k} masked forwards per image; the layer is one "
+            "with few channels to keep the run short (the ratio does not depend "
+            "on K)"
+        ],
+    )
     _add_forward_limits(env, case, x, rows, size, f"{k} x {batch} masked rows")
-    _flashtorch_rows(env, case, "scorecam", x, idx, "limit forwards",
-                     f"limit forwards {env.fast_tag}",
-                     layer=layer, internal_batch_size=size)
+    _flashtorch_rows(
+        env,
+        case,
+        "scorecam",
+        x,
+        idx,
+        "limit forwards",
+        f"limit forwards {env.fast_tag}",
+        layer=layer,
+        internal_batch_size=size,
+    )
     if env.pgc is not None:
-        case.candidates.append(Candidate(
-            "pytorch-grad-cam ScoreCAM", "pytorch-grad-cam", "scorecam",
-            _pgc_call(env, "ScoreCAM", layer, x, idx, batch_size=size), limit="limit forwards"))
+        case.candidates.append(
+            Candidate(
+                "pytorch-grad-cam ScoreCAM",
+                "pytorch-grad-cam",
+                "scorecam",
+                _pgc_call(env, "ScoreCAM", layer, x, idx, batch_size=size),
+                limit="limit forwards",
+            )
+        )
     _drop_unused_folded(case)
     return case
 
@@ -842,7 +1125,8 @@ def build_scorecam_case(env: Env, batch: int) -> Case:
 def _layer_channels(model: nn.Module, layer: str, x: Tensor) -> int:
     box: list[int] = []
     h = model.get_submodule(layer).register_forward_hook(
-        lambda _m, _i, o: box.append(int(o.shape[1])))
+        lambda _m, _i, o: box.append(int(o.shape[1]))
+    )
     try:
         model(x)
     finally:
@@ -850,8 +1134,9 @@ def _layer_channels(model: nn.Module, layer: str, x: Tensor) -> int:
     return box[0]
 
 
-def build_cases(env: Env, batches: tuple[int, ...], methods: tuple[str, ...],
-                floor: bool = True) -> list[Case]:
+def build_cases(
+    env: Env, batches: tuple[int, ...], methods: tuple[str, ...], floor: bool = True
+) -> list[Case]:
     """Every case of one model, in run order."""
     import flashtorch
 
@@ -878,13 +1163,21 @@ def build_cases(env: Env, batches: tuple[int, ...], methods: tuple[str, ...],
                 cases.append(build_cam_case(env, b, methods))
             elif fam == "scorecam" and b in cfg.scorecam_batches:
                 cases.append(build_scorecam_case(env, b))
-    if (floor and env.spec.name == "resnet50" and cfg.floor_batch and cfg.floor_batch not in batches
-            and "gradient" in families):
+    if (
+        floor
+        and env.spec.name == "resnet50"
+        and cfg.floor_batch
+        and cfg.floor_batch not in batches
+        and "gradient" in families
+    ):
         cases.append(build_gradient_case(env, cfg.floor_batch, methods, floor_only=True))
     missing = [m for m in methods if m not in flashtorch.METHODS]
     for case in cases:
-        case.notes.extend(f"{m}: not registered in flashtorch.METHODS" for m in missing
-                          if FAMILY.get(m) == case.family)
+        case.notes.extend(
+            f"{m}: not registered in flashtorch.METHODS"
+            for m in missing
+            if FAMILY.get(m) == case.family
+        )
     return cases
 
 
@@ -898,8 +1191,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_case(case: Case, rounds: int, warmup: int, device: torch.device,
-              log: Callable[[str], None] = print, clock: str = "wall") -> dict[str, Any]:
+def time_case(
+    case: Case,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+    clock: str = "wall",
+) -> dict[str, Any]:
     """Warm up every candidate, then ``rounds`` interleaved rounds; medians per candidate.
 
     ``clock="cpu"`` times with :func:`time.process_time` (CPU seconds of this process, all
@@ -920,10 +1219,17 @@ def time_case(case: Case, rounds: int, warmup: int, device: torch.device,
     return {"times": times, "medians": medians, "outputs": outputs, "errors": errors}
 
 
-def _warm_and_time(case: Case, rounds: int, warmup: int, device: torch.device,
-                   log: Callable[[str], None], times: dict[str, list[float]],
-                   outputs: dict[str, Any], errors: dict[str, str],
-                   timer: Callable[[], float] = time.perf_counter) -> None:
+def _warm_and_time(
+    case: Case,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    times: dict[str, list[float]],
+    outputs: dict[str, Any],
+    errors: dict[str, str],
+    timer: Callable[[], float] = time.perf_counter,
+) -> None:
     for _ in range(max(1, warmup)):
         for c in case.candidates:
             if c.name in errors:
@@ -1002,8 +1308,12 @@ def summarise(case: Case, timed: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for c in case.candidates:
         row: dict[str, Any] = {
-            "name": c.name, "library": c.library, "method": c.method, "mode": c.mode,
-            "note": c.note, "limit": c.limit,
+            "name": c.name,
+            "library": c.library,
+            "method": c.method,
+            "mode": c.mode,
+            "note": c.note,
+            "limit": c.limit,
         }
         if c.name in timed["errors"]:
             row["error"] = timed["errors"][c.name]
@@ -1020,15 +1330,19 @@ def summarise(case: Case, timed: dict[str, Any]) -> dict[str, Any]:
             peers = {}
             agree = {}
             for p in case.candidates:
-                if p.library in ("captum", "pytorch-grad-cam", "flashtorch-0.1.3") and \
-                        p.method == c.method and p.name in med:
+                if (
+                    p.library in ("captum", "pytorch-grad-cam", "flashtorch-0.1.3")
+                    and p.method == c.method
+                    and p.name in med
+                ):
                     peers[p.name] = round(m / med[p.name], 4)
                     if maps.get(c.name) is not None and maps.get(p.name) is not None:
                         agree[p.name] = round(cosine(maps[c.name], maps[p.name]), 6)
             row["ratio_to_peers"] = peers
             row["cosine_vs_peers"] = agree
-            row["floor_peers"] = sorted(peers if c.floor_peers is None
-                                        else [p for p in c.floor_peers if p in peers])
+            row["floor_peers"] = sorted(
+                peers if c.floor_peers is None else [p for p in c.floor_peers if p in peers]
+            )
             if c.mode != "exact":
                 exact = f"flashtorch {c.method} exact"
                 if exact in med:
@@ -1038,8 +1352,13 @@ def summarise(case: Case, timed: dict[str, Any]) -> dict[str, Any]:
         rows.append(row)
     del by_name
     return {
-        "key": case.key, "model": case.model, "batch": case.batch, "family": case.family,
-        "rows_per_image": case.rows, "settings": case.settings, "notes": case.notes,
+        "key": case.key,
+        "model": case.model,
+        "batch": case.batch,
+        "family": case.family,
+        "rows_per_image": case.rows,
+        "settings": case.settings,
+        "notes": case.notes,
         "candidates": rows,
     }
 
@@ -1127,20 +1446,28 @@ def memory_plan(cfg: Config) -> list[dict[str, Any]]:
     fixed n, and n, 2n, 4n at 4 rows (n = 4 with ``--quick``, else 8).
     """
     batch = cfg.memory_batch or max(cfg.batch_sizes)
-    plan: list[dict[str, Any]] = [{"kind": "cases", "batch": batch,
-                                   "families": ("gradient", "cam")}]
+    plan: list[dict[str, Any]] = [
+        {"kind": "cases", "batch": batch, "families": ("gradient", "cam")}
+    ]
     n = 4 if cfg.quick else 8
     for fam in NSAMPLE_METHODS:
         if fam in cfg.methods:
-            plan.append({"kind": "sweep", "family": fam, "batch": 1,
-                         "points": [(n, 2), (n, 4), (n, 8), (2 * n, 4), (4 * n, 4)]})
+            plan.append(
+                {
+                    "kind": "sweep",
+                    "family": fam,
+                    "batch": 1,
+                    "points": [(n, 2), (n, 4), (n, 8), (2 * n, 4), (4 * n, 4)],
+                }
+            )
     return plan
 
 
 def run_memory_child(cfg: Config, model: str) -> dict[str, Any]:
     """Run the memory measurements of one model in a fresh child process (CPU)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-               MALLOC_ARENA_MAX="2")
+    env = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_ARENA_MAX="2"
+    )
     payload = json.dumps({"cfg": cfg.__dict__, "model": model})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", payload]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -1174,8 +1501,9 @@ def measure_memory(cfg: Config, model: str, device: torch.device) -> dict[str, A
                 rec = {}
                 for c in case.candidates:
                     try:
-                        rec[c.name] = {k: round(v, 1) for k, v in
-                                       measure_candidate_memory(c, device).items()}
+                        rec[c.name] = {
+                            k: round(v, 1) for k, v in measure_candidate_memory(c, device).items()
+                        }
                     except Exception as exc:
                         rec[c.name] = {"error": f"{type(exc).__name__}: {exc}"}
                 out["cases"][case.key] = rec
@@ -1192,25 +1520,42 @@ def _memory_sweep(env: Env, item: dict[str, Any], device: torch.device) -> list[
     x, idx = env.inputs(batch)
     records = []
     for n, ibs in item["points"]:
-        opts: dict[str, Any] = ({"n_samples": n, "seed": 0} if fam == "smoothgrad"
-                                else {"steps": n, "baseline": "zero"})
+        opts: dict[str, Any] = (
+            {"n_samples": n, "seed": 0} if fam == "smoothgrad" else {"steps": n, "baseline": "zero"}
+        )
         entries: list[tuple[str, Callable[[], Any]]] = []
         if cls is not None:
             method = cls(env.model, internal_batch_size=ibs * batch, **opts)
             entries.append(("flashtorch", _ft(method, x, idx)))
         if env.captum is not None:
-            entries.append(("captum", _captum_nsample(env.captum, fam, env.model, x, idx, n,
-                                                      ibs * batch, 0.1)))
+            entries.append(
+                ("captum", _captum_nsample(env.captum, fam, env.model, x, idx, n, ibs * batch, 0.1))
+            )
         for lib, fn in entries:
             c = Candidate(f"{lib} {fam}", lib, fam, fn)
             try:
                 mem = measure_candidate_memory(c, device)
-                records.append({"family": fam, "library": lib, "model": env.spec.name,
-                                "batch": batch, "n": n, "internal_batch_size": ibs * batch,
-                                **{k: round(v, 1) for k, v in mem.items()}})
+                records.append(
+                    {
+                        "family": fam,
+                        "library": lib,
+                        "model": env.spec.name,
+                        "batch": batch,
+                        "n": n,
+                        "internal_batch_size": ibs * batch,
+                        **{k: round(v, 1) for k, v in mem.items()},
+                    }
+                )
             except Exception as exc:
-                records.append({"family": fam, "library": lib, "n": n,
-                                "internal_batch_size": ibs * batch, "error": repr(exc)})
+                records.append(
+                    {
+                        "family": fam,
+                        "library": lib,
+                        "n": n,
+                        "internal_batch_size": ibs * batch,
+                        "error": repr(exc),
+                    }
+                )
     return records
 
 
@@ -1226,16 +1571,21 @@ def _find(results: list[dict[str, Any]], model: str, batch: int, family: str) ->
     return None
 
 
-def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
-                 cfg: Config) -> list[dict[str, Any]]:
+def check_floors(
+    results: list[dict[str, Any]], memory: dict[str, Any], cfg: Config
+) -> list[dict[str, Any]]:
     """The issue's floors as PASS / FAIL / SKIP records."""
     floors: list[dict[str, Any]] = []
 
     def noise_of(r: dict[str, Any], *names: str) -> float:
         cands = {c["name"]: c for c in r["candidates"]}
-        parts = [cands[n]["noise"] if "noise" in cands[n]
-                 else rel_noise([t / 1e3 for t in cands[n].get("runs_ms", [])])
-                 for n in names if n in cands]
+        parts = [
+            cands[n]["noise"]
+            if "noise" in cands[n]
+            else rel_noise([t / 1e3 for t in cands[n].get("runs_ms", [])])
+            for n in names
+            if n in cands
+        ]
         parts = [p for p in parts if isinstance(p, float) and math.isfinite(p)]
         return math.sqrt(sum(p * p for p in parts)) if parts else float("nan")
 
@@ -1247,12 +1597,24 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
 
     def add(name: str, ok: bool | None, value: Any, threshold: str, detail: str = "") -> None:
         status = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
-        floors.append({"floor": name, "status": status, "value": value, "threshold": threshold,
-                       "detail": detail})
+        floors.append(
+            {
+                "floor": name,
+                "status": status,
+                "value": value,
+                "threshold": threshold,
+                "detail": detail,
+            }
+        )
 
-    limit_floor = {"gradient": GRADIENT_METHODS, "smoothgrad": ("smoothgrad",),
-                   "integrated_gradients": ("integrated_gradients",), "cam": CAM_METHODS,
-                   "scorecam": ("scorecam",), "occlusion": ("occlusion",)}
+    limit_floor = {
+        "gradient": GRADIENT_METHODS,
+        "smoothgrad": ("smoothgrad",),
+        "integrated_gradients": ("integrated_gradients",),
+        "cam": CAM_METHODS,
+        "scorecam": ("scorecam",),
+        "occlusion": ("occlusion",),
+    }
     for r in results:
         cands = {c["name"]: c for c in r["candidates"]}
         for method in limit_floor.get(r["family"], ()):
@@ -1264,12 +1626,22 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
                 if c is None:
                     continue  # not in this case (the notes say why)
                 if "ratio_to_limit" not in c:
-                    add(f"{method} {mode} <= 1.10x limit ({where})", None, None, "<= 1.10",
-                        c.get("error", "no limit measured"))
+                    add(
+                        f"{method} {mode} <= 1.10x limit ({where})",
+                        None,
+                        None,
+                        "<= 1.10",
+                        c.get("error", "no limit measured"),
+                    )
                     continue
                 v = c["ratio_to_limit"]
-                add(f"{method} {mode} <= 1.10x {c['limit']} ({where})", v <= 1.10, v, "<= 1.10",
-                    band(v, 1.10, noise_of(r, c["name"], c["limit"])))
+                add(
+                    f"{method} {mode} <= 1.10x {c['limit']} ({where})",
+                    v <= 1.10,
+                    v,
+                    "<= 1.10",
+                    band(v, 1.10, noise_of(r, c["name"], c["limit"])),
+                )
                 for peer in c.get("floor_peers", c.get("ratio_to_peers", {})):
                     ratio = c["ratio_to_peers"][peer]
                     name = f"{method} {mode} no slower than {peer} ({where})"
@@ -1277,33 +1649,62 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
                     if method != "smoothgrad" and cos is not None and cos < SAME_MAP:
                         # e.g. Captum's guided backprop hooks nn.ReLU modules only: on a ReLU6
                         # model its map is the plain gradient. Speed of different work: not judged
-                        add(name, None, ratio, "<= 1.00",
+                        add(
+                            name,
+                            None,
+                            ratio,
+                            "<= 1.00",
                             f"not the same map (cosine {cos:.3f}): the peer computes something "
-                            "else on this model")
+                            "else on this model",
+                        )
                         continue
-                    add(name, ratio <= 1.0, ratio, "<= 1.00",
-                        band(ratio, 1.0, noise_of(r, c["name"], peer)))
+                    add(
+                        name,
+                        ratio <= 1.0,
+                        ratio,
+                        "<= 1.00",
+                        band(ratio, 1.0, noise_of(r, c["name"], peer)),
+                    )
     # fast >= 1.25x faster than Captum, resnet50 CPU batch floor_batch, cosine >= 0.999
     fb = cfg.floor_batch
     r = _find(results, "resnet50", fb, "gradient")
     if r is None:
-        add(f"fast >= 1.25x faster than Captum (resnet50 b{fb})", None, None, ">= 1.25",
-            "resnet50 batch not run")
+        add(
+            f"fast >= 1.25x faster than Captum (resnet50 b{fb})",
+            None,
+            None,
+            ">= 1.25",
+            "resnet50 batch not run",
+        )
     else:
         cands = {c["name"]: c for c in r["candidates"]}
         for method in ("gradient", "guided"):
             fast = cands.get(f"flashtorch {method} fast")
             peer = f"captum {CAPTUM_OF[method]}"
             if fast is None or peer not in fast.get("ratio_to_peers", {}):
-                add(f"{method} fast >= 1.25x faster than {peer} (resnet50 b{fb})", None, None,
-                    ">= 1.25", "not measured")
+                add(
+                    f"{method} fast >= 1.25x faster than {peer} (resnet50 b{fb})",
+                    None,
+                    None,
+                    ">= 1.25",
+                    "not measured",
+                )
                 continue
             speed = round(1 / fast["ratio_to_peers"][peer], 4)
-            add(f"{method} fast >= 1.25x faster than {peer} (resnet50 b{fb})", speed >= 1.25,
-                speed, ">= 1.25", band(speed, 1.25, noise_of(r, fast["name"], peer)))
+            add(
+                f"{method} fast >= 1.25x faster than {peer} (resnet50 b{fb})",
+                speed >= 1.25,
+                speed,
+                ">= 1.25",
+                band(speed, 1.25, noise_of(r, fast["name"], peer)),
+            )
             cos = fast.get("cosine_vs_exact")
-            add(f"{method} fast maps agree with exact (resnet50 b{fb})",
-                None if cos is None else cos >= 0.999, cos, "cosine >= 0.999")
+            add(
+                f"{method} fast maps agree with exact (resnet50 b{fb})",
+                None if cos is None else cos >= 0.999,
+                cos,
+                "cosine >= 0.999",
+            )
     # every fast / amp map agrees with the exact one
     for r in results:
         for c in r["candidates"]:
@@ -1313,15 +1714,23 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
                 if "amp" in c["mode"] and not cfg.device.startswith("cuda"):
                     # the issue's amp floor is for float16 on a GPU; CPU autocast is bfloat16
                     # (8-bit mantissa), which flashtorch says in a warning: reported, not judged
-                    add(name, None, c["cosine_vs_exact"], f">= {thr} (GPU float16)",
-                        "bfloat16 on the CPU: informational, flashtorch warns about it")
+                    add(
+                        name,
+                        None,
+                        c["cosine_vs_exact"],
+                        f">= {thr} (GPU float16)",
+                        "bfloat16 on the CPU: informational, flashtorch warns about it",
+                    )
                     continue
                 add(name, c["cosine_vs_exact"] >= thr, c["cosine_vs_exact"], f">= {thr}")
     # n-sample peak memory set by internal_batch_size, not by n
     for model, mem in memory.items():
         for fam in NSAMPLE_METHODS:
-            pts = [s for s in mem.get("sweeps", []) if s.get("family") == fam
-                   and s.get("library") == "flashtorch" and "peak_mb" in s]
+            pts = [
+                s
+                for s in mem.get("sweeps", [])
+                if s.get("family") == fam and s.get("library") == "flashtorch" and "peak_mb" in s
+            ]
             if not pts:
                 continue
             ibs = sorted({s["internal_batch_size"] for s in pts})
@@ -1330,10 +1739,13 @@ def check_floors(results: list[dict[str, Any]], memory: dict[str, Any],
                 peaks = [s["peak_mb"] for s in fixed]
                 spread = max(peaks) - min(peaks)
                 tol = max(16.0, 0.15 * max(peaks))
-                add(f"{fam} peak memory independent of n ({model}, internal_batch_size "
-                    f"{fixed[0]['internal_batch_size']})", spread <= tol,
+                add(
+                    f"{fam} peak memory independent of n ({model}, internal_batch_size "
+                    f"{fixed[0]['internal_batch_size']})",
+                    spread <= tol,
                     {str(s["n"]): s["peak_mb"] for s in fixed},
-                    f"spread <= {tol:.0f} MB")
+                    f"spread <= {tol:.0f} MB",
+                )
             del ibs
     return floors
 
@@ -1353,10 +1765,14 @@ def machine_info(cfg: Config, device: torch.device) -> dict[str, Any]:
                     break
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "torch": torch.__version__, "device": str(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": str(device),
     }
     for mod in ("torchvision", "captum", "pytorch_grad_cam", "timm", "flashtorch"):
         with contextlib.suppress(Exception):
@@ -1382,12 +1798,17 @@ def _fmt(v: Any, spec: str = ".2f", suffix: str = "") -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
-        f"# flashtorch attribution benchmark ({m['device']})", "",
+        f"# flashtorch attribution benchmark ({m['device']})",
+        "",
         f"- date: {m['date']}",
         f"- machine: {m.get('gpu', m['cpu'])}; {m['logical_cores']} logical cores; torch "
         f"threads {m['torch_threads']}"
-        + ("" if "tf32" not in m else "; TF32 " + ("on (PyTorch's cuDNN default)" if m["tf32"]
-                                                   else "off: exact = float32")),
+        + (
+            ""
+            if "tf32" not in m
+            else "; TF32 "
+            + ("on (PyTorch's cuDNN default)" if m["tf32"] else "off: exact = float32")
+        ),
         f"- torch {m['torch']}, torchvision {m.get('torchvision', '-')}, captum "
         f"{m.get('captum', '-')}, grad-cam {m.get('pytorch_grad_cam', '-')}, flashtorch "
         f"{m.get('flashtorch', '-')}; Python {m['python']}",
@@ -1396,8 +1817,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         + ("  **(taken under load: timings are noisy)**" if report.get("under_load") else ""),
         f"- allocator: {m.get('allocator', 'default allocator')}",
         f"- clock: {report['config']['clock']} ("
-        + ("time.perf_counter" if report["config"]["clock"] == "wall" else
-           "time.process_time: CPU seconds of the process, robust to other jobs") + ")",
+        + (
+            "time.perf_counter"
+            if report["config"]["clock"] == "wall"
+            else "time.process_time: CPU seconds of the process, robust to other jobs"
+        )
+        + ")",
         f"- rounds: {report['config']['rounds']} (heavy families "
         f"{report['config']['heavy_rounds']}), warm-up {report['config']['warmup']}, median "
         "per candidate; interleaved round-robin",
@@ -1413,12 +1838,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         mcases = mem.get(r["model"], {}).get("cases", {}).get(r["key"], {})
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         load = r.get("loadavg_1min")
-        lines += [f"## {r['model']}, batch {r['batch']}, {r['family']}"
-                  + (f" ({settings})" if settings else ""), ""]
+        lines += [
+            f"## {r['model']}, batch {r['batch']}, {r['family']}"
+            + (f" ({settings})" if settings else ""),
+            "",
+        ]
         if load:
             lines += [f"1-min load average before / after: {load[0]} / {load[1]}", ""]
-        lines.append("| candidate | ms / image | images / s | x limit | vs peers (ratio, cos) | "
-                     "fast/amp: speed-up, cos vs exact | peak MB | note |")
+        lines.append(
+            "| candidate | ms / image | images / s | x limit | vs peers (ratio, cos) | "
+            "fast/amp: speed-up, cos vs exact | peak MB | note |"
+        )
         lines.append("|---|---:|---:|---:|---|---|---:|---|")
         for c in r["candidates"]:
             if "error" in c:
@@ -1426,41 +1856,55 @@ def to_markdown(report: dict[str, Any]) -> str:
                 continue
             peers = "; ".join(
                 f"{p.split(' ', 1)[-1]} {v:.2f}x"
-                + (f" (cos {c['cosine_vs_peers'][p]:.3f})" if p in c.get("cosine_vs_peers", {})
-                   else "")
-                for p, v in c.get("ratio_to_peers", {}).items())
+                + (
+                    f" (cos {c['cosine_vs_peers'][p]:.3f})"
+                    if p in c.get("cosine_vs_peers", {})
+                    else ""
+                )
+                for p, v in c.get("ratio_to_peers", {}).items()
+            )
             exact = ""
             if "speedup_vs_exact" in c or "cosine_vs_exact" in c:
-                exact = (f"{_fmt(c.get('speedup_vs_exact'), '.2f', 'x')}, cos "
-                         f"{_fmt(c.get('cosine_vs_exact'), '.5f')}")
+                exact = (
+                    f"{_fmt(c.get('speedup_vs_exact'), '.2f', 'x')}, cos "
+                    f"{_fmt(c.get('cosine_vs_exact'), '.5f')}"
+                )
             peak = mcases.get(c["name"], {}).get("peak_mb")
             lim = "" if c["library"] == "limit" else f" ({c['limit']})" if c["limit"] else ""
             ms = c.get("ms_per_image")
             lines.append(
                 f"| {c['name']} | {_fmt(ms, '.1f')} | {_fmt(1000 / ms if ms else None, '.0f')} | "
                 f"{_fmt(c.get('ratio_to_limit'), '.3f')}{lim} | {peers} | {exact} | "
-                f"{_fmt(peak, '.0f')} | {c.get('note', '')} |")
+                f"{_fmt(peak, '.0f')} | {c.get('note', '')} |"
+            )
         if r["notes"]:
             lines.append("")
             lines += [f"- {n}" for n in dict.fromkeys(r["notes"])]
         lines.append("")
-    sweeps = [dict(s, model=s.get("model", k)) for k, v in mem.items()
-              for s in v.get("sweeps", [])]
+    sweeps = [dict(s, model=s.get("model", k)) for k, v in mem.items() for s in v.get("sweeps", [])]
     if sweeps:
-        lines += ["## n-sample methods: peak memory vs internal_batch_size and n", "",
-                  "| model | method | library | batch | n | internal_batch_size (rows) | "
-                  "peak MB |", "|---|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "## n-sample methods: peak memory vs internal_batch_size and n",
+            "",
+            "| model | method | library | batch | n | internal_batch_size (rows) | peak MB |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
         for s in sweeps:
-            lines.append(f"| {s.get('model')} | {s['family']} | {s['library']} | "
-                         f"{s.get('batch', '')} | {s['n']} | {s['internal_batch_size']} | "
-                         f"{_fmt(s.get('peak_mb'), '.0f')} |")
+            lines.append(
+                f"| {s.get('model')} | {s['family']} | {s['library']} | "
+                f"{s.get('batch', '')} | {s['n']} | {s['internal_batch_size']} | "
+                f"{_fmt(s.get('peak_mb'), '.0f')} |"
+            )
         lines.append("")
     for k, v in mem.items():
         if "error" in v:
             lines.append(f"- memory child for {k} failed: {v['error'][-300:]}")
     lines += ["## Floors", ""]
-    lines += [f"- **{f['status']}** {f['floor']}: {f['value']} (needs {f['threshold']})"
-              + (f" - {f['detail']}" if f["detail"] else "") for f in report["floors"]]
+    lines += [
+        f"- **{f['status']}** {f['floor']}: {f['value']} (needs {f['threshold']})"
+        + (f" - {f['detail']}" if f["detail"] else "")
+        for f in report["floors"]
+    ]
     lines.append("")
     return "\n".join(lines)
 
@@ -1498,8 +1942,11 @@ def keep_heap() -> str:
         ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     except OSError as exc:
         return f"default allocator ({exc})"
-    return ("glibc heap kept (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)" if ok
-            else "default allocator (mallopt refused)")
+    return (
+        "glibc heap kept (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+        if ok
+        else "default allocator (mallopt refused)"
+    )
 
 
 def _stem(cfg: Config, device: torch.device) -> str:
@@ -1512,7 +1959,8 @@ def _write_partial(cfg: Config, device: torch.device, report: dict[str, Any]) ->
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{_stem(cfg, device)}.partial.json").write_text(
-        json.dumps(report, indent=1, default=str))
+        json.dumps(report, indent=1, default=str)
+    )
 
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -1527,10 +1975,16 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         # amp agreement would compare two approximations. Every candidate runs the same way.
         torch.backends.cudnn.allow_tf32 = cfg.tf32
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-    report: dict[str, Any] = {"machine": machine_info(cfg, device), "config": dict(cfg.__dict__),
-                              "results": [], "memory": {}, "notes": []}
+    report: dict[str, Any] = {
+        "machine": machine_info(cfg, device),
+        "config": dict(cfg.__dict__),
+        "results": [],
+        "memory": {},
+        "notes": [],
+    }
     report["machine"]["allocator"] = (
-        keep_heap() if cfg.malloc == "heap" and device.type == "cpu" else "default allocator")
+        keep_heap() if cfg.malloc == "heap" and device.type == "cpu" else "default allocator"
+    )
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     loads_seen: list[float] = []
     for model_name in cfg.models:
@@ -1547,15 +2001,19 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             timed = time_case(case, rounds, cfg.warmup, device, log, cfg.clock)
             summary = summarise(case, timed)
-            summary["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)
-                                       if hasattr(os, "getloadavg") else None]
+            summary["loadavg_1min"] = [
+                round(load, 2),
+                round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            ]
             loads_seen.extend(x for x in summary["loadavg_1min"] if x is not None)
             report["results"].append(summary)
             _write_partial(cfg, device, report)
             for c in summary["candidates"]:
                 if "ms_per_image" in c:
-                    log(f"    {c['name']:<52} {c['ms_per_image']:>10.2f} ms/img  "
-                        f"x{c.get('ratio_to_limit', float('nan')):.3f}")
+                    log(
+                        f"    {c['name']:<52} {c['ms_per_image']:>10.2f} ms/img  "
+                        f"x{c.get('ratio_to_limit', float('nan')):.3f}"
+                    )
             log(f"    ({time.perf_counter() - t0:.0f} s)")
         del env, spec
         gc.collect()
@@ -1568,8 +2026,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         report["machine"]["loadavg_end"] = os.getloadavg()
     cores = os.cpu_count() or 1
-    loads = [report["machine"].get("loadavg_start", (0,))[0],
-             report["machine"].get("loadavg_end", (0,))[0], *loads_seen]
+    loads = [
+        report["machine"].get("loadavg_start", (0,))[0],
+        report["machine"].get("loadavg_end", (0,))[0],
+        *loads_seen,
+    ]
     report["machine"]["loadavg_1min_max"] = max(loads)
     report["under_load"] = device.type == "cpu" and max(loads) > 0.75 * cores + 0.5
     report["floors"] = check_floors(report["results"], report["memory"], cfg)
@@ -1581,56 +2042,94 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     (out / f"{stem}.md").write_text(to_markdown(report))
     log("")
     for f in report["floors"]:
-        log(f"{f['status']}: {f['floor']}: {f['value']} (needs {f['threshold']})"
-            + (f" - {f['detail']}" if f["detail"] else ""))
+        log(
+            f"{f['status']}: {f['floor']}: {f['value']} (needs {f['threshold']})"
+            + (f" - {f['detail']}" if f["detail"] else "")
+        )
     log(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     return report
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--models", nargs="+", help="resnet50 efficientnet_lite0 tiny torchvision:NAME")
     p.add_argument("--batch-sizes", nargs="+", type=int)
-    p.add_argument("--floor-batch", type=int, help="batch of the fast-vs-Captum floor "
-                   "(resnet50; default 8 on CPU, 32 on CUDA; 0: off)")
+    p.add_argument(
+        "--floor-batch",
+        type=int,
+        help="batch of the fast-vs-Captum floor (resnet50; default 8 on CPU, 32 on CUDA; 0: off)",
+    )
     p.add_argument("--methods", nargs="+", help=f"default: {' '.join(DEFAULT_METHODS)}")
     p.add_argument("--rounds", type=int, help="timed rounds (default 5)")
     p.add_argument("--heavy-rounds", type=int, help="rounds of n-sample / occlusion / Score-CAM")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: all cores)")
-    p.add_argument("--n-samples", type=int, default=0,
-                   help="SmoothGrad samples / IG steps (0: 16, or 8 for batches > 4)")
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=0,
+        help="SmoothGrad samples / IG steps (0: 16, or 8 for batches > 4)",
+    )
     p.add_argument("--internal-batch-size", type=int, default=32)
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     p.add_argument("--memory-batch", type=int, default=0)
     p.add_argument("--no-peers", action="store_true", help="flashtorch and limits only")
     p.add_argument("--no-amp", action="store_true")
-    p.add_argument("--legacy-path", default=DEFAULT_LEGACY,
-                   help="directory holding FlashTorch 0.1.3 (pip install --target)")
+    p.add_argument(
+        "--legacy-path",
+        default=DEFAULT_LEGACY,
+        help="directory holding FlashTorch 0.1.3 (pip install --target)",
+    )
     p.add_argument("--compile", action="store_true", help="add torch.compile'd limit rows")
     p.add_argument("--cuda-graphs", action="store_true", help="add CUDA-graph rows (CUDA only)")
-    p.add_argument("--tf32", action="store_true",
-                   help="CUDA: leave TF32 convolutions / matmuls on (PyTorch's cuDNN default); "
-                   "by default they are switched off so that exact means float32")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: perf_counter (default); cpu: process CPU time, for loaded "
-                   "machines (use with --threads 1)")
-    p.add_argument("--malloc", choices=("heap", "default"), default="heap",
-                   help="heap (default): glibc keeps freed memory (stable CPU timings, see "
-                   "keep_heap); default: the allocator as configured")
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="CUDA: leave TF32 convolutions / matmuls on (PyTorch's cuDNN default); "
+        "by default they are switched off so that exact means float32",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter (default); cpu: process CPU time, for loaded "
+        "machines (use with --threads 1)",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=("heap", "default"),
+        default="heap",
+        help="heap (default): glibc keeps freed memory (stable CPU timings, see "
+        "keep_heap); default: the allocator as configured",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model and sizes: a smoke run")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     p.add_argument("--name", default="", help="output file stem (default: device type)")
     a = p.parse_args(argv)
     cuda = a.device.startswith("cuda")
-    cfg = Config(device=a.device, threads=a.threads, warmup=a.warmup, n_samples=a.n_samples,
-                 internal_batch_size=a.internal_batch_size, memory=not a.no_memory,
-                 memory_batch=a.memory_batch, legacy_path=a.legacy_path, amp=not a.no_amp,
-                 compile=a.compile, cuda_graphs=a.cuda_graphs, tf32=a.tf32,
-                 peers=not a.no_peers,
-                 quick=a.quick, out=a.out, name=a.name, clock=a.clock, malloc=a.malloc)
+    cfg = Config(
+        device=a.device,
+        threads=a.threads,
+        warmup=a.warmup,
+        n_samples=a.n_samples,
+        internal_batch_size=a.internal_batch_size,
+        memory=not a.no_memory,
+        memory_batch=a.memory_batch,
+        legacy_path=a.legacy_path,
+        amp=not a.no_amp,
+        compile=a.compile,
+        cuda_graphs=a.cuda_graphs,
+        tf32=a.tf32,
+        peers=not a.no_peers,
+        quick=a.quick,
+        out=a.out,
+        name=a.name,
+        clock=a.clock,
+        malloc=a.malloc,
+    )
     if cuda:
         cfg.batch_sizes, cfg.floor_batch = (1, 32), 32
     if a.quick:

@@ -88,13 +88,15 @@ def build_model(name: str) -> nn.Module:
 
     torch.manual_seed(0)
     if name == "tiny":
-        return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                             num_heads=2, num_classes=10).eval()
+        return timm.models.VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
+        ).eval()
     return timm.create_model(name, pretrained=False).eval()
 
 
-def time_rounds(candidates: dict[str, Callable[[], Any]], rounds: int, clock: str,
-                log: Callable[[str], None]) -> tuple[dict[str, list[float]], dict[str, Any]]:
+def time_rounds(
+    candidates: dict[str, Callable[[], Any]], rounds: int, clock: str, log: Callable[[str], None]
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """One warm-up call each, then ``rounds`` interleaved rounds (rotating start)."""
     timer = time.process_time if clock == "cpu" else time.perf_counter
     names = list(candidates)
@@ -116,8 +118,9 @@ def time_rounds(candidates: dict[str, Callable[[], Any]], rounds: int, clock: st
                     times[n].append(timer() - t0)
                 finally:
                     gc.enable()
-            log(f"  round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {times[n][-1]:.2f}s" for n in names))
+            log(
+                f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+            )
     finally:
         gc.unfreeze()
     return times, outputs
@@ -157,13 +160,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     rows = []
     for n, med in medians.items():
         ref = forward_base if n == "attention_rollout" and forward_base else base
-        rows.append({
-            "candidate": n,
-            "ms_per_image": 1000 * med / args.batch,
-            "x_limit": med / ref,
-            "limit": "forward (unfused attention)" if ref is forward_base else LIMIT,
-            "noise": rel_noise(times[n]),
-        })
+        rows.append(
+            {
+                "candidate": n,
+                "ms_per_image": 1000 * med / args.batch,
+                "x_limit": med / ref,
+                "limit": "forward (unfused attention)" if ref is forward_base else LIMIT,
+                "noise": rel_noise(times[n]),
+            }
+        )
     # the rollout on the unfused model must equal the one on the fused model (same math)
     same = METHODS["gradient_rollout"](set_fused(copy.deepcopy(model), False))(x, target=idx)
     agreement = cosine(outputs["gradient_rollout"].maps, same.maps)
@@ -215,8 +220,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | --- | ---: |",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['candidate']} | {r['ms_per_image']:.1f} | {r['x_limit']:.3f} | "
-                     f"{r['limit']} | {100 * r['noise']:.1f} % |")
+        lines.append(
+            f"| {r['candidate']} | {r['ms_per_image']:.1f} | {r['x_limit']:.3f} | "
+            f"{r['limit']} | {100 * r['noise']:.1f} % |"
+        )
     verdict = "PASS" if report["floor_pass"] else "FAIL"
     paired = paired_ratios(report)
     lines += [
@@ -240,13 +247,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--malloc", choices=("heap", "default"), default="heap")
-    p.add_argument("--forward", action="store_true",
-                   help="also time attention_rollout against a gradient-free forward")
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="also time attention_rollout against a gradient-free forward",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny ViT (smoke run)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--name", default="cpu-rollout")
-    p.add_argument("--rebuild", metavar="FILE.json",
-                   help="rewrite the Markdown of a saved report (no timing)")
+    p.add_argument(
+        "--rebuild", metavar="FILE.json", help="rewrite the Markdown of a saved report (no timing)"
+    )
     return p.parse_args(argv)
 
 

@@ -61,7 +61,8 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
         side = int(rng.integers(256, 481))
         scale = side / max(cw, ch)
         crop = photo.crop((left, top, left + cw, top + ch)).resize(
-            (max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BILINEAR)
+            (max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BILINEAR
+        )
         path = folder / f"{i // 100:02d}" / f"img_{i:04d}.jpg"
         path.parent.mkdir(exist_ok=True)
         crop.save(path, quality=90)
@@ -83,28 +84,34 @@ def bench_raw(spec: str, paths: list[Path], methods: list[str], batch: int) -> f
 
     torch.manual_seed(0)
     model = load_model(spec)
-    x = torch.cat([apply_transforms([str(p) for p in paths[i:i + batch]])
-                   for i in range(0, len(paths), batch)])
+    x = torch.cat(
+        [
+            apply_transforms([str(p) for p in paths[i : i + batch]])
+            for i in range(0, len(paths), batch)
+        ]
+    )
     instances = [get_method(m)(model) for m in methods]
     for m in instances:  # warm-up
         m(x[:batch])
     t0 = time.perf_counter()
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         for m in instances:
             m(xb).maps.numpy()
     return len(x) / (time.perf_counter() - t0)
 
 
-def bench_run(spec: str, folder: Path, methods: list[str], batch: int, workers: int,
-              out: Path) -> tuple[float, float]:
+def bench_run(
+    spec: str, folder: Path, methods: list[str], batch: int, workers: int, out: Path
+) -> tuple[float, float]:
     import flashtorch
 
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    summary = flashtorch.run(spec, folder, methods, out=out, batch_size=batch,
-                             num_workers=workers, progress=False)
+    summary = flashtorch.run(
+        spec, folder, methods, out=out, batch_size=batch, num_workers=workers, progress=False
+    )
     total = time.perf_counter() - t0
     assert summary.complete and summary.ok == summary.images, summary
     return summary.images / total, summary.images_per_second
@@ -149,9 +156,14 @@ def main() -> None:
         cases = []
         for name in args.models:
             spec = MODELS[name]
-            case: dict = {"model": name, "spec": spec, "methods": args.methods,
-                          "images": args.images, "batch_size": args.batch_size,
-                          "workers": args.workers}
+            case: dict = {
+                "model": name,
+                "spec": spec,
+                "methods": args.methods,
+                "images": args.images,
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+            }
             for mode in ("raw", "run", "hand"):
                 before = load_avg()
                 t0 = time.perf_counter()
@@ -159,14 +171,22 @@ def main() -> None:
                     case["raw_ips"] = bench_raw(spec, paths, args.methods, args.batch_size)
                 elif mode == "run":
                     case["run_ips"], case["run_loop_ips"] = bench_run(
-                        spec, tmp / "jpegs", args.methods, args.batch_size, args.workers,
-                        tmp / "run")
+                        spec,
+                        tmp / "jpegs",
+                        args.methods,
+                        args.batch_size,
+                        args.workers,
+                        tmp / "run",
+                    )
                 else:
                     case["hand_ips"] = bench_hand(spec, paths, args.methods, tmp / "hand")
                 case[f"{mode}_seconds"] = round(time.perf_counter() - t0, 1)
                 case[f"{mode}_load"] = [before, load_avg()]
-                print(f"{name} {mode}: {case.get(mode + '_ips'):.2f} images/s "
-                      f"(load {case[mode + '_load']})", flush=True)
+                print(
+                    f"{name} {mode}: {case.get(mode + '_ips'):.2f} images/s "
+                    f"(load {case[mode + '_load']})",
+                    flush=True,
+                )
             case["run_vs_raw"] = case["run_ips"] / case["raw_ips"]
             case["run_vs_hand"] = case["run_ips"] / case["hand_ips"]
             case["floors_met"] = case["run_vs_raw"] >= 0.85 and case["run_vs_hand"] >= 3.0
@@ -176,19 +196,25 @@ def main() -> None:
 
     report = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-                    "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+        },
         "cases": cases,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        f"# `flashtorch run` throughput ({report['date']})", "",
+        f"# `flashtorch run` throughput ({report['date']})",
+        "",
         f"{report['machine']['cpus']} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {args.images} JPEGs, batch {args.batch_size}, "
         f"{args.workers} workers, methods {', '.join(args.methods)}. Load average (1 min) "
-        "before / after each mode in brackets: the machine is shared with other jobs.", "",
+        "before / after each mode in brackets: the machine is shared with other jobs.",
+        "",
         "| model | raw limit (img/s) | `flashtorch run` (img/s) | hand loop (img/s) | "
         "run / raw (floor 0.85) | run / hand (floor 3) |",
         "|---|---|---|---|---|---|",
@@ -197,7 +223,8 @@ def main() -> None:
         lines.append(
             f"| {c['model']} | {c['raw_ips']:.2f} {c['raw_load']} | {c['run_ips']:.2f} "
             f"{c['run_load']} | {c['hand_ips']:.2f} {c['hand_load']} | "
-            f"{c['run_vs_raw']:.2f} | {c['run_vs_hand']:.2f} |")
+            f"{c['run_vs_raw']:.2f} | {c['run_vs_hand']:.2f} |"
+        )
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -63,8 +63,9 @@ def build_model(name: str) -> nn.Module:
 
     torch.manual_seed(0)
     if name == "tiny":
-        return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                             num_heads=2, num_classes=10).eval()
+        return timm.models.VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
+        ).eval()
     return timm.create_model(name, pretrained=False).eval()
 
 
@@ -83,8 +84,9 @@ def correlation(a: Tensor, b: Tensor) -> float:
     return min(float(torch.corrcoef(torch.stack([u, v]))[0, 1]) for u, v in zip(a, b))
 
 
-def time_rounds(candidates: dict[str, Callable[[], Any]], rounds: int, clock: str,
-                log: Callable[[str], None]) -> tuple[dict[str, list[float]], dict[str, Any]]:
+def time_rounds(
+    candidates: dict[str, Callable[[], Any]], rounds: int, clock: str, log: Callable[[str], None]
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """One warm-up call each, then ``rounds`` interleaved rounds (rotating start)."""
     timer = time.process_time if clock == "cpu" else time.perf_counter
     names = list(candidates)
@@ -106,8 +108,9 @@ def time_rounds(candidates: dict[str, Callable[[], Any]], rounds: int, clock: st
                     times[n].append(timer() - t0)
                 finally:
                     gc.enable()
-            log(f"  round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {times[n][-1]:.2f}s" for n in names))
+            log(
+                f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+            )
     finally:
         gc.unfreeze()
     return times, outputs
@@ -132,8 +135,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     x = torch.randn(args.batch, 3, size, size, generator=g)
     idx = torch.randint(0, model.num_classes, (args.batch,), generator=g)
     ours = GradCAM(model, layer)
-    peer = pgc.GradCAM(model, [model.get_submodule(layer)],
-                       reshape_transform=pgc_reshape(prefix, grid, grid))
+    peer = pgc.GradCAM(
+        model, [model.get_submodule(layer)], reshape_transform=pgc_reshape(prefix, grid, grid)
+    )
     targets = [ClassifierOutputTarget(int(i)) for i in idx]
     frozen = build_model(model_name)
     frozen.load_state_dict(model.state_dict())
@@ -144,8 +148,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         OURS: lambda: ours(x, target=idx).maps,
         PEER: lambda: torch.from_numpy(peer(x, targets)),
     }
-    log(f"{model_name}, batch {args.batch}, {size}x{size}, layer {layer}, {threads} thread(s), "
-        f"{args.clock} clock, {args.rounds} rounds")
+    log(
+        f"{model_name}, batch {args.batch}, {size}x{size}, layer {layer}, {threads} thread(s), "
+        f"{args.clock} clock, {args.rounds} rounds"
+    )
     try:
         times, outputs = time_rounds(candidates, args.rounds, args.clock, log)
     finally:
@@ -157,10 +163,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     agreement = correlation(outputs[OURS][:, 0], outputs[PEER])
     report = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_name, "batch": args.batch, "size": size, "layer": layer,
+        "model": model_name,
+        "batch": args.batch,
+        "size": size,
+        "layer": layer,
         "layout": ours.layer_layout.describe() if ours.layer_layout else "reshape=",
-        "threads": threads, "clock": args.clock, "rounds": args.rounds, "heap": heap,
-        "torch": torch.__version__, "pytorch_grad_cam": getattr(pgc, "__version__", "1.5.x"),
+        "threads": threads,
+        "clock": args.clock,
+        "rounds": args.rounds,
+        "heap": heap,
+        "torch": torch.__version__,
+        "pytorch_grad_cam": getattr(pgc, "__version__", "1.5.x"),
         "cpu": platform.processor() or platform.machine(),
         "ms_per_image": per_image,
         "noise": {n: rel_noise(t) for n, t in times.items()},

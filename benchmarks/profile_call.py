@@ -34,8 +34,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int
-              ) -> dict[str, float]:
+def median_ms(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int
+) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():  # warm-up (captures, folding, cuDNN choices)
         f()
@@ -85,9 +86,11 @@ def main() -> None:
         g_exact, g_fast = flashtorch.graphed(exact), flashtorch.graphed(fast)
         fns["graphed gradient exact"] = lambda: g_exact(x, target=idx)
         fns["graphed gradient fast"] = lambda: g_fast(x, target=idx)
-    print(f"# {a.model} batch {a.batch} on {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, medians of {a.rounds} interleaved rounds")
+    print(
+        f"# {a.model} batch {a.batch} on {device} "
+        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"torch {torch.__version__}, medians of {a.rounds} interleaved rounds"
+    )
     for k, v in median_ms(fns, device, a.rounds).items():
         print(f"{k:<36} {v:8.3f} ms")
 
@@ -119,8 +122,11 @@ def main() -> None:
         for _ in range(20):
             fast(x, target=idx)
         _sync(device)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18,
-                                    max_name_column_width=40))
+    print(
+        prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40
+        )
+    )
 
 
 if __name__ == "__main__":

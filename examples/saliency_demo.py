@@ -42,8 +42,13 @@ def main() -> None:
                 input_, target_class, take_max=True, guided=guided
             )
             path = args.out / f"{stem}_{label}.png"
-            visualize(input_, gradients, max_gradients, save_path=path,
-                      title=f"{label}: {name} ({target_class})")
+            visualize(
+                input_,
+                gradients,
+                max_gradients,
+                save_path=path,
+                title=f"{label}: {name} ({target_class})",
+            )
             print(f"wrote {path}")
 
 

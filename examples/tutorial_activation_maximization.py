@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     parser.add_argument("--img-size", type=int, default=224, help="side of the renders")
     parser.add_argument("--num-iter", type=int, default=30, help="optimisation steps")
-    parser.add_argument("--layers", default="conv1_2,conv2_1,conv3_1,conv4_1,conv5_1",
-                        help="which of the notebook's layers to render in In [12]")
+    parser.add_argument(
+        "--layers",
+        default="conv1_2,conv2_1,conv3_1,conv4_1,conv5_1",
+        help="which of the notebook's layers to render in In [12]",
+    )
     args = parser.parse_args(argv)
     n = args.num_iter
     written: list[Path] = []
@@ -69,8 +72,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     # In [12]
     layers = {
-        "conv1_2": (conv1_2, conv1_2_filters), "conv2_1": (conv2_1, conv2_1_filters),
-        "conv3_1": (conv3_1, conv3_1_filters), "conv4_1": (conv4_1, conv4_1_filters),
+        "conv1_2": (conv1_2, conv1_2_filters),
+        "conv2_1": (conv2_1, conv2_1_filters),
+        "conv3_1": (conv3_1, conv3_1_filters),
+        "conv4_1": (conv4_1, conv4_1_filters),
         "conv5_1": (conv5_1, conv5_1_filters),
     }
     for name in args.layers.split(","):
@@ -78,22 +83,27 @@ def main(argv: list[str] | None = None) -> list[Path]:
         save(g_ascent.visualize(layer, filters, title=name, num_iter=n), name)
 
     # In [16]
-    save(g_ascent.visualize(conv5_1, title="Randomly selected filters from conv5_1",
-                            num_iter=n), "conv5_1_random")
+    save(
+        g_ascent.visualize(conv5_1, title="Randomly selected filters from conv5_1", num_iter=n),
+        "conv5_1_random",
+    )
 
     # In [18]
     save(g_ascent.visualize(conv5_1, 3, title="conv5_1 filter 3", num_iter=n), "conv5_1_3")
 
     # In [20]
-    output = g_ascent.visualize(conv5_1, 3, title="conv5_1 filter 3", return_output=True,
-                                num_iter=n)
+    output = g_ascent.visualize(
+        conv5_1, 3, title="conv5_1 filter 3", return_output=True, num_iter=n
+    )
 
     print("num_iter:", len(output))
     print("optimized image:", output[-1].shape)
 
     # In [23]
-    save(g_ascent.deepdream(str(HERE / "images" / "chelsea.jpg"), conv5_1, 33, num_iter=n),
-         "deepdream")
+    save(
+        g_ascent.deepdream(str(HERE / "images" / "chelsea.jpg"), conv5_1, 33, num_iter=n),
+        "deepdream",
+    )
 
     # In [25]
     output = g_ascent.optimize(conv5_1, 3, num_iter=n)

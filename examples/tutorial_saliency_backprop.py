@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     written.append(save_figure(fig, args.out / "saliency_backprop_0.png"))
 
     # In [14], [16]: two more photos
-    for i, (photo, name) in enumerate(PHOTOS[1:args.photos], start=1):
+    for i, (photo, name) in enumerate(PHOTOS[1 : args.photos], start=1):
         tensor = apply_transforms(load_image(str(HERE / "images" / photo)))
         written.append(args.out / f"saliency_backprop_{i}.png")
         backprop.visualize(tensor, ImageNetIndex()[name], guided=True, save_path=written[-1])

@@ -22,9 +22,21 @@ from flashtorch.utils import apply_transforms, load_image
 
 HERE = Path(__file__).resolve().parent
 MODELS = [
-    "alexnet", "vgg19", "vgg19_bn", "resnet50", "resnet152", "squeezenet1_1", "densenet121",
-    "densenet201", "inception_v3", "googlenet", "shufflenet_v2_x1_0", "mobilenet_v2",
-    "resnext50_32x4d", "wide_resnet50_2", "mnasnet1_0",
+    "alexnet",
+    "vgg19",
+    "vgg19_bn",
+    "resnet50",
+    "resnet152",
+    "squeezenet1_1",
+    "densenet121",
+    "densenet201",
+    "inception_v3",
+    "googlenet",
+    "shufflenet_v2_x1_0",
+    "mobilenet_v2",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "mnasnet1_0",
 ]
 
 

@@ -83,8 +83,11 @@ class CleanupNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
         )
         self.drop = nn.Dropout(0.5)
         self.head = nn.Linear(8, 4)
@@ -113,8 +116,13 @@ def small_cnn(second_act: type[nn.Module] = nn.ReLU, classes: int = 5, seed: int
     (the n-sample methods' test model)."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), second_act(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, classes),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        second_act(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, classes),
     ).eval()
 
 
@@ -164,23 +172,44 @@ class CleanupTransformer(nn.Module):
             import timm
 
             self.net = timm.models.VisionTransformer(
-                img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=4,
-                drop_rate=0.5)
+                img_size=16,
+                patch_size=4,
+                embed_dim=16,
+                depth=2,
+                num_heads=2,
+                num_classes=4,
+                drop_rate=0.5,
+            )
             blocks = self.net.blocks
         elif kind == "torchvision":
             import torchvision
 
             self.net = torchvision.models.VisionTransformer(
-                image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                mlp_dim=32, num_classes=4, dropout=0.5)
+                image_size=16,
+                patch_size=4,
+                num_layers=2,
+                num_heads=2,
+                hidden_dim=16,
+                mlp_dim=32,
+                num_classes=4,
+                dropout=0.5,
+            )
             nn.init.normal_(self.net.heads.head.weight, std=0.5)  # torchvision starts it at zero
             blocks = self.net.encoder.layers
         elif kind == "hf":
             from transformers import ViTConfig, ViTForImageClassification
 
-            config = ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
-                               num_attention_heads=2, intermediate_size=32, num_labels=4,
-                               hidden_dropout_prob=0.5, attn_implementation="sdpa")
+            config = ViTConfig(
+                image_size=16,
+                patch_size=4,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+                num_labels=4,
+                hidden_dropout_prob=0.5,
+                attn_implementation="sdpa",
+            )
             self.net = ViTForImageClassification(config)
             blocks = self.net.vit.layers
         else:

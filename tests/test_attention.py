@@ -47,8 +47,9 @@ def _timm_vit(**kw):
 
 
 def _input(b=2, h=32, w=32, seed=1):
-    return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
+    return torch.randn(
+        b, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,8 +106,9 @@ def timm_reference(model, x, targets):
     handles = []
     blocks = list(model.blocks)
     for blk in blocks:
-        handles.append(blk.attn.qkv.register_forward_hook(
-            lambda _m, _i, out: seen.append({"qkv": out})))
+        handles.append(
+            blk.attn.qkv.register_forward_hook(lambda _m, _i, out: seen.append({"qkv": out}))
+        )
 
         def pre(_m, args):
             rec = seen[-1]
@@ -126,7 +128,7 @@ def timm_reference(model, x, targets):
         b, n, _ = rec["qkv"].shape
         heads, d = blk.attn.num_heads, blk.attn.head_dim
         q, k, v = rec["qkv"].reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)
-        a = torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1)
+        a = torch.softmax(q @ k.transpose(-2, -1) / d**0.5, dim=-1)
         o = (a @ v).transpose(1, 2).reshape(b, n, heads * d)
         torch.testing.assert_close(o, rec["o"])  # the recomputation is the model's attention
         grad_o = rec["grad_o"].reshape(b, n, heads, d).transpose(1, 2)
@@ -142,8 +144,7 @@ def torchvision_reference(model, x, targets):
     layers = list(model.encoder.layers)
     for layer in layers:
         mha = layer.self_attention
-        handles.append(mha.register_forward_pre_hook(
-            lambda _m, args: seen.append({"x": args[0]})))
+        handles.append(mha.register_forward_pre_hook(lambda _m, args: seen.append({"x": args[0]})))
 
         def post(_m, _args, out):
             rec = seen[-1]
@@ -165,7 +166,7 @@ def torchvision_reference(model, x, targets):
         heads, d = mha.num_heads, e // mha.num_heads
         qkv = rec["x"] @ mha.in_proj_weight.T + mha.in_proj_bias
         q, k, v = (t.reshape(b, n, heads, d).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-        a = torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1)
+        a = torch.softmax(q @ k.transpose(-2, -1) / d**0.5, dim=-1)
         o = (a @ v).transpose(1, 2).reshape(b, n, e)
         torch.testing.assert_close(o @ mha.out_proj.weight.T + mha.out_proj.bias, rec["out"])
         grad_o = (rec["grad_out"] @ mha.out_proj.weight).reshape(b, n, heads, d).transpose(1, 2)
@@ -177,8 +178,9 @@ def torchvision_reference(model, x, targets):
 def _check(model, x, targets, reference, method, prefix, grid, **options):
     attentions, gradients = reference
     if method == "attention_rollout":
-        rows = ref_attention_rollout(attentions, options.get("head_fusion", "mean"),
-                                     options.get("discard_ratio", 0.0))[:, 0]
+        rows = ref_attention_rollout(
+            attentions, options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0)
+        )[:, 0]
     else:
         rows = ref_gradient_rollout(attentions, gradients)[:, 0]
     result = attribute(model, x, target=targets, method=method, **options)
@@ -216,18 +218,31 @@ def test_timm_unfused_equals_reference():
     assert not any(b.attn.fused_attn for b in model.blocks)
 
 
-@pytest.mark.parametrize("fusion,discard", [("max", 0.0), ("min", 0.0), ("mean", 0.3),
-                                            ("max", 0.5)])
+@pytest.mark.parametrize(
+    "fusion,discard", [("max", 0.0), ("min", 0.0), ("mean", 0.3), ("max", 0.5)]
+)
 def test_attention_rollout_options_equal_reference(fusion, discard):
     model, x = _timm_vit(), _input()
-    _check(model, x, TARGETS, timm_reference(model, x, TARGETS), "attention_rollout", 1, (4, 4),
-           head_fusion=fusion, discard_ratio=discard)
+    _check(
+        model,
+        x,
+        TARGETS,
+        timm_reference(model, x, TARGETS),
+        "attention_rollout",
+        1,
+        (4, 4),
+        head_fusion=fusion,
+        discard_ratio=discard,
+    )
 
 
 def test_deit_two_prefix_tokens_read_the_grid():
     torch.manual_seed(0)
-    model = _randomise(timm.models.deit.VisionTransformerDistilled(
-        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5))
+    model = _randomise(
+        timm.models.deit.VisionTransformerDistilled(
+            img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5
+        )
+    )
     assert model.num_prefix_tokens == 2
     x = _input()
     ref = timm_reference(model, x, TARGETS)
@@ -268,7 +283,9 @@ def test_average_pooled_models_explain_the_mean_patch_row():
             torch.testing.assert_close(
                 result.maps,
                 ref_map(expected[:, 0], prefix, (4, 4), (32, 32)).to(result.maps.dtype),
-                atol=TOL, rtol=0)
+                atol=TOL,
+                rtol=0,
+            )
 
 
 def test_token_options_and_their_errors():
@@ -295,23 +312,44 @@ def test_token_options_and_their_errors():
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_torchvision_equals_reference(method):
     torch.manual_seed(0)
-    model = _randomise(torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
-        num_classes=5))
+    model = _randomise(
+        torchvision.models.VisionTransformer(
+            image_size=32,
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            mlp_dim=64,
+            num_classes=5,
+        )
+    )
     x = _input()
     _check(model, x, TARGETS, torchvision_reference(model, x, TARGETS), method, 1, (4, 4))
 
 
 def _hf_pair(implementation):
     transformers = pytest.importorskip("transformers")
-    config = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, intermediate_size=64, num_labels=5)
+    config = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
+    )
     torch.manual_seed(0)
     model = transformers.ViTForImageClassification(
-        transformers.ViTConfig(**config, attn_implementation=implementation))
+        transformers.ViTConfig(**config, attn_implementation=implementation)
+    )
     _randomise(model, std=0.3)
-    eager = transformers.ViTForImageClassification(
-        transformers.ViTConfig(**config, attn_implementation="eager")).double().eval()
+    eager = (
+        transformers.ViTForImageClassification(
+            transformers.ViTConfig(**config, attn_implementation="eager")
+        )
+        .double()
+        .eval()
+    )
     eager.load_state_dict(model.state_dict())
     return model, eager
 
@@ -352,15 +390,22 @@ def test_batch_equals_single_calls():
     targets = [4, 0, 2]
     batch = attribute(model, x, target=targets, method="gradient_rollout")
     for i, t in enumerate(targets):
-        single = attribute(model, x[i:i + 1], target=t, method="gradient_rollout")
-        torch.testing.assert_close(batch.maps[i:i + 1], single.maps, atol=1e-6, rtol=0)
+        single = attribute(model, x[i : i + 1], target=t, method="gradient_rollout")
+        torch.testing.assert_close(batch.maps[i : i + 1], single.maps, atol=1e-6, rtol=0)
     assert batch.targets.tolist() == targets
 
 
 def test_swin_windowed_attention_raises_a_clear_error():
     torch.manual_seed(0)
-    swin = timm.models.SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16,
-                                       depths=(1, 1), num_heads=(1, 2), num_classes=3).eval()
+    swin = timm.models.SwinTransformer(
+        img_size=32,
+        patch_size=4,
+        window_size=4,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        num_classes=3,
+    ).eval()
     x = torch.randn(2, 3, 32, 32)
     for method in METHOD_NAMES:
         with pytest.raises(MethodError, match="windowed attention.*gradcam"):

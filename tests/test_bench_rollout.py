@@ -27,8 +27,20 @@ def bench():
 def test_quick_run_reports_the_floor(bench):
     threads = torch.get_num_threads()
     try:
-        args = bench.parse_args(["--quick", "--rounds", "1", "--batch", "2", "--threads", "1",
-                                 "--forward", "--malloc", "default"])
+        args = bench.parse_args(
+            [
+                "--quick",
+                "--rounds",
+                "1",
+                "--batch",
+                "2",
+                "--threads",
+                "1",
+                "--forward",
+                "--malloc",
+                "default",
+            ]
+        )
         report = bench.run(args, log=lambda _s: None)
     finally:
         torch.set_num_threads(threads)

@@ -61,8 +61,9 @@ def test_rounds_are_interleaved_and_rotated(bench):
     calls = []
     cands = [bench.Candidate(n, "limit", "limit", lambda n=n: calls.append(n)) for n in "abc"]
     case = bench.Case("m", 1, "gradient", 1, cands)
-    timed = bench.time_case(case, rounds=3, warmup=1, device=torch.device("cpu"),
-                            log=lambda _s: None)
+    timed = bench.time_case(
+        case, rounds=3, warmup=1, device=torch.device("cpu"), log=lambda _s: None
+    )
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")
     assert all(len(v) == 3 for v in timed["times"].values())
     assert set(timed["medians"]) == {"a", "b", "c"}
@@ -72,10 +73,13 @@ def test_a_failing_candidate_is_recorded_not_fatal(bench):
     def boom():
         raise RuntimeError("no")
 
-    cands = [bench.Candidate("ok", "limit", "limit", lambda: 1),
-             bench.Candidate("bad", "captum", "gradient", boom)]
-    timed = bench.time_case(bench.Case("m", 1, "gradient", 1, cands), 2, 1,
-                            torch.device("cpu"), log=lambda _s: None)
+    cands = [
+        bench.Candidate("ok", "limit", "limit", lambda: 1),
+        bench.Candidate("bad", "captum", "gradient", boom),
+    ]
+    timed = bench.time_case(
+        bench.Case("m", 1, "gradient", 1, cands), 2, 1, torch.device("cpu"), log=lambda _s: None
+    )
     assert "RuntimeError" in timed["errors"]["bad"]
     assert len(timed["times"]["ok"]) == 2
 
@@ -112,10 +116,19 @@ def test_rss_sampler_catches_a_transient_peak(bench, monkeypatch):
 
 def test_quick_run_writes_json_and_markdown(bench, tmp_path):
     cfg = bench.Config(
-        models=("tiny",), batch_sizes=(1,), floor_batch=0,
-        methods=("gradient", "guided", "smoothgrad", "gradcam"), rounds=1, heavy_rounds=1,
-        n_samples=2, internal_batch_size=2, memory=True, quick=True, out=str(tmp_path),
-        name="smoke", malloc="default",  # leave this test process's allocator alone
+        models=("tiny",),
+        batch_sizes=(1,),
+        floor_batch=0,
+        methods=("gradient", "guided", "smoothgrad", "gradcam"),
+        rounds=1,
+        heavy_rounds=1,
+        n_samples=2,
+        internal_batch_size=2,
+        memory=True,
+        quick=True,
+        out=str(tmp_path),
+        name="smoke",
+        malloc="default",  # leave this test process's allocator alone
     )
     report = bench.run(cfg, log=lambda _s: None)
     data = json.loads((tmp_path / "smoke.json").read_text())
@@ -125,8 +138,12 @@ def test_quick_run_writes_json_and_markdown(bench, tmp_path):
         assert data["machine"][key]
     families = {r["family"] for r in data["results"]}
     assert families == {"gradient", "smoothgrad", "cam"}
-    ft_rows = [c for r in data["results"] for c in r["candidates"]
-               if c["library"] == "flashtorch" and "error" not in c]
+    ft_rows = [
+        c
+        for r in data["results"]
+        for c in r["candidates"]
+        if c["library"] == "flashtorch" and "error" not in c
+    ]
     assert {c["method"] for c in ft_rows} >= {"gradient", "guided", "smoothgrad", "gradcam"}
     for c in ft_rows:
         assert math.isfinite(c["ratio_to_limit"]) and c["ratio_to_limit"] > 0
@@ -150,25 +167,46 @@ def test_quick_run_writes_json_and_markdown(bench, tmp_path):
 
 
 def _row(name, method, mode, **extra):
-    return {"name": name, "library": "flashtorch", "method": method, "mode": mode,
-            "limit": "limit", "ratio_to_limit": 1.0, "runs_ms": [1.0, 1.0], **extra}
+    return {
+        "name": name,
+        "library": "flashtorch",
+        "method": method,
+        "mode": mode,
+        "limit": "limit",
+        "ratio_to_limit": 1.0,
+        "runs_ms": [1.0, 1.0],
+        **extra,
+    }
 
 
 def test_floors_judge_only_peers_doing_the_same_work(bench):
     """Matched peers (clean_pass), different maps (Captum on ReLU6) and CPU bfloat16 amp."""
     ig = [
-        _row("flashtorch integrated_gradients exact", "integrated_gradients", "exact",
-             ratio_to_peers={"captum IG": 1.08, "captum IG+delta": 0.99},
-             cosine_vs_peers={"captum IG": 1.0, "captum IG+delta": 1.0},
-             floor_peers=["captum IG+delta"]),
-        _row("flashtorch integrated_gradients no-clean-pass", "integrated_gradients",
-             "no-clean-pass", ratio_to_peers={"captum IG": 1.02, "captum IG+delta": 0.9},
-             cosine_vs_peers={"captum IG": 1.0}, floor_peers=["captum IG"]),
+        _row(
+            "flashtorch integrated_gradients exact",
+            "integrated_gradients",
+            "exact",
+            ratio_to_peers={"captum IG": 1.08, "captum IG+delta": 0.99},
+            cosine_vs_peers={"captum IG": 1.0, "captum IG+delta": 1.0},
+            floor_peers=["captum IG+delta"],
+        ),
+        _row(
+            "flashtorch integrated_gradients no-clean-pass",
+            "integrated_gradients",
+            "no-clean-pass",
+            ratio_to_peers={"captum IG": 1.02, "captum IG+delta": 0.9},
+            cosine_vs_peers={"captum IG": 1.0},
+            floor_peers=["captum IG"],
+        ),
     ]
     guided = [
-        _row("flashtorch guided exact", "guided", "exact",
-             ratio_to_peers={"captum GuidedBackprop": 1.05},
-             cosine_vs_peers={"captum GuidedBackprop": 0.03}),
+        _row(
+            "flashtorch guided exact",
+            "guided",
+            "exact",
+            ratio_to_peers={"captum GuidedBackprop": 1.05},
+            cosine_vs_peers={"captum GuidedBackprop": 0.03},
+        ),
         _row("flashtorch gradient amp", "gradient", "amp", cosine_vs_exact=0.9),
     ]
     results = [
@@ -177,23 +215,43 @@ def test_floors_judge_only_peers_doing_the_same_work(bench):
     ]
     cfg = bench.Config(floor_batch=0)
     floors = {f["floor"]: f for f in bench.check_floors(results, {}, cfg)}
-    assert floors["integrated_gradients exact no slower than captum IG+delta (m b1)"][
-        "status"] == "PASS"
-    assert not any(k.startswith("integrated_gradients exact no slower than captum IG (")
-                   for k in floors)  # the default is not held to the peer doing less work
-    assert floors["integrated_gradients no-clean-pass no slower than captum IG (m b1)"][
-        "status"] == "FAIL"
+    assert (
+        floors["integrated_gradients exact no slower than captum IG+delta (m b1)"]["status"]
+        == "PASS"
+    )
+    assert not any(
+        k.startswith("integrated_gradients exact no slower than captum IG (") for k in floors
+    )  # the default is not held to the peer doing less work
+    assert (
+        floors["integrated_gradients no-clean-pass no slower than captum IG (m b1)"]["status"]
+        == "FAIL"
+    )
     skipped = floors["guided exact no slower than captum GuidedBackprop (m b1)"]
     assert skipped["status"] == "SKIP" and "not the same map" in skipped["detail"]
     assert floors["gradient amp cosine vs exact (m b1)"]["status"] == "SKIP"  # CPU bfloat16
-    cuda = {f["floor"]: f for f in bench.check_floors(results, {}, bench.Config(
-        device="cuda", floor_batch=0))}
+    cuda = {
+        f["floor"]: f
+        for f in bench.check_floors(results, {}, bench.Config(device="cuda", floor_batch=0))
+    }
     assert cuda["gradient amp cosine vs exact (m b1)"]["status"] == "FAIL"
 
 
 def test_cli_flags_parse(bench):
-    cfg = bench.parse_args(["--quick", "--methods", "gradient", "--rounds", "3",
-                            "--batch-sizes", "4", "--models", "tiny", "--out", "x"])
+    cfg = bench.parse_args(
+        [
+            "--quick",
+            "--methods",
+            "gradient",
+            "--rounds",
+            "3",
+            "--batch-sizes",
+            "4",
+            "--models",
+            "tiny",
+            "--out",
+            "x",
+        ]
+    )
     assert cfg.models == ("tiny",) and cfg.batch_sizes == (4,) and cfg.rounds == 3
     assert cfg.methods == ("gradient",) and cfg.out == "x"
     cuda = bench.parse_args(["--device", "cuda"])
@@ -217,8 +275,9 @@ def test_amp_agreement_script(bench, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("amp_agreement", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["amp_agreement.py", "--models", "tiny",
-                                      "--out", str(tmp_path)])
+    monkeypatch.setattr(
+        sys, "argv", ["amp_agreement.py", "--models", "tiny", "--out", str(tmp_path)]
+    )
     with pytest.warns(UserWarning, match="bfloat16"):
         module.main()
     data = json.loads((tmp_path / "amp-agreement-cpu.json").read_text())
@@ -238,8 +297,9 @@ def test_vit_cam_benchmark_quick_run(bench):
     spec = importlib.util.spec_from_file_location("bench_vit_cam", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    args = module.argparse.Namespace(model="tiny", batch=2, rounds=1, threads=1, clock="cpu",
-                                     malloc="default", quick=True)
+    args = module.argparse.Namespace(
+        model="tiny", batch=2, rounds=1, threads=1, clock="cpu", malloc="default", quick=True
+    )
     before = torch.get_num_threads()
     try:
         report = module.run(args, log=lambda _s: None)

@@ -243,15 +243,17 @@ def test_gradcam_equals_cam_of_zhou_for_gap_linear_head(toy):
     hw = a.shape[2] * a.shape[3]
     cam_zhou = torch.einsum("k,bkhw->bhw", toy.fc.weight[2].detach(), a)[:, None] / hw
     got = cam.GradCAM(toy, "features", relu=False, normalize=False)(x, target=2)
-    assert torch.allclose(got.maps, F.interpolate(cam_zhou, size=(16, 16), mode="bilinear"),
-                          atol=1e-6)
+    assert torch.allclose(
+        got.maps, F.interpolate(cam_zhou, size=(16, 16), mode="bilinear"), atol=1e-6
+    )
     assert torch.allclose(got.extras["weights"], toy.fc.weight[2].detach().expand(2, -1) / hw)
 
 
 def test_gradcam_pp_weights_hand_computed():
     a = torch.tensor([[[[1.0, 2.0], [3.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]]], dtype=torch.float64)
-    g = torch.tensor([[[[0.1, -0.2], [0.0, 0.3]], [[-1.0, -1.0], [-1.0, -1.0]]]],
-                     dtype=torch.float64)
+    g = torch.tensor(
+        [[[[0.1, -0.2], [0.0, 0.3]], [[-1.0, -1.0], [-1.0, -1.0]]]], dtype=torch.float64
+    )
     # channel 0: S = 6, alpha = g^2 / (2 g^2 + S g^3) -> 1 / (2 + 6 g) where g != 0
     expected0 = 0.1 / (2 + 0.6) + 0.3 / (2 + 1.8)  # relu(g) kills -0.2, g = 0 gives 0
     got = cam.gradcam_pp_weights(a, g)
@@ -469,7 +471,10 @@ def test_densenet_layer_uses_the_features_before_the_functional_inplace_relu():
 
 def test_adaptive_pooling_to_a_fixed_size_is_not_the_default_layer():
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(7),
+        nn.Flatten(),
         nn.Linear(4 * 49, 3),
     ).eval()
     assert cam.default_layer(model, images(1, 16)) == "1"
@@ -507,8 +512,11 @@ def test_shared_module_raises_and_call_selects_one():
     a = model.act(model.head(h)).detach().requires_grad_(True)
     out = model.fc(a.mean((2, 3)))
     (g,) = torch.autograd.grad(out[:, 1].sum(), a)
-    expected = F.interpolate((g.mean((2, 3))[:, :, None, None] * a).sum(1, keepdim=True).detach(),
-                             size=(16, 16), mode="bilinear")
+    expected = F.interpolate(
+        (g.mean((2, 3))[:, :, None, None] * a).sum(1, keepdim=True).detach(),
+        size=(16, 16),
+        mode="bilinear",
+    )
     got = cam.GradCAM(model, "act", call=2, relu=False, normalize=False)(x, target=1).maps
     assert rel_err(got, expected) < 1e-5
     other = cam.GradCAM(model, "act", call=1, relu=False, normalize=False)(x, target=1).maps
@@ -723,8 +731,9 @@ class ReluAfterLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, padding=1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+        )
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -789,6 +798,7 @@ def test_guided_gradcam_on_a_shared_relu_call(call, passes):
     got = method(x, target=[1, 2])
     assert method.passes == passes
     grad_cam = cam.GradCAM(model, "act", call=call)(x, target=[1, 2]).maps
-    torch.testing.assert_close(got.maps, grad_cam * cam_guided(model, x, [1, 2]),
-                               rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        got.maps, grad_cam * cam_guided(model, x, [1, 2]), rtol=1e-5, atol=1e-9
+    )
     assert hook_count(model) == 0

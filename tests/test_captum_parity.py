@@ -34,8 +34,11 @@ class SmallCNN(nn.Module):
     def __init__(self, classes: int = 7) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.ReLU(),
         )
         self.fc = nn.Linear(12 * 8 * 8, classes)
 
@@ -105,12 +108,22 @@ def test_integrated_gradients_matches_captum(small, rule):
     steps = 12
     baseline = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     ours = attribute(
-        model, x, target=target, method="integrated_gradients", steps=steps, rule=rule,
-        baseline=baseline, internal_batch_size=7,
+        model,
+        x,
+        target=target,
+        method="integrated_gradients",
+        steps=steps,
+        rule=rule,
+        baseline=baseline,
+        internal_batch_size=7,
     )
     theirs, delta = captum_attr.IntegratedGradients(model).attribute(
-        x.clone(), baselines=baseline.clone(), target=target, n_steps=steps,
-        method=CAPTUM_RULE[rule], return_convergence_delta=True,
+        x.clone(),
+        baselines=baseline.clone(),
+        target=target,
+        n_steps=steps,
+        method=CAPTUM_RULE[rule],
+        return_convergence_delta=True,
     )
     if rule == "trapezoid":
         # Captum weights the trapezoid nodes by 1/m (ends halved), summing to 1 - 1/m; the
@@ -123,8 +136,9 @@ def test_integrated_gradients_matches_captum(small, rule):
 
 def test_integrated_gradients_matches_captum_on_resnet(resnet):
     model, x, target = resnet
-    ours = attribute(model, x, target=target, method="integrated_gradients", steps=16,
-                     internal_batch_size=12).maps
+    ours = attribute(
+        model, x, target=target, method="integrated_gradients", steps=16, internal_batch_size=12
+    ).maps
     theirs = captum_attr.IntegratedGradients(model).attribute(
         x.clone(), target=target, n_steps=16, method="gausslegendre"
     )
@@ -142,13 +156,25 @@ def test_integrated_gradients_matches_captum_on_resnet(resnet):
 )
 def test_occlusion_matches_captum(small, window, stride, fill):
     model, x, target = small
-    ours = attribute(model, x, target=target, method="occlusion", window=window, stride=stride,
-                     fill=fill, internal_batch_size=50).maps
+    ours = attribute(
+        model,
+        x,
+        target=target,
+        method="occlusion",
+        window=window,
+        stride=stride,
+        fill=fill,
+        internal_batch_size=50,
+    ).maps
     wh, ww = (window, window) if isinstance(window, int) else window
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
     theirs = captum_attr.Occlusion(model).attribute(
-        x.clone(), sliding_window_shapes=(3, wh, ww), strides=(3, sh, sw), baselines=fill,
-        target=target, perturbations_per_eval=16,
+        x.clone(),
+        sliding_window_shapes=(3, wh, ww),
+        strides=(3, sh, sw),
+        baselines=fill,
+        target=target,
+        perturbations_per_eval=16,
     )
     assert ours.shape == (3, 1, 16, 16)
     # Captum's window spans the channels: its channels are equal, and equal to our one channel.
@@ -160,7 +186,10 @@ def test_occlusion_matches_captum_on_resnet(resnet):
     model, x, target = resnet
     ours = attribute(model, x, target=target, method="occlusion", window=16, stride=12).maps
     theirs = captum_attr.Occlusion(model).attribute(
-        x.clone(), sliding_window_shapes=(3, 16, 16), strides=(3, 12, 12), target=target,
+        x.clone(),
+        sliding_window_shapes=(3, 16, 16),
+        strides=(3, 12, 12),
+        target=target,
         perturbations_per_eval=32,
     )
     assert rel(ours, theirs[:, :1]) < TOL

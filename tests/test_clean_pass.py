@@ -119,7 +119,9 @@ def test_smoothgrad_skips_the_base_clean_pass(net, x):
         sg(x, [1, 2, 3])
     assert sum(spy.sizes) == 3 + 2 * 3 * 3  # one clean batch (SmoothGrad's own), then the rows
     explicit = SmoothGrad(
-        net, n_samples=2, base="integrated_gradients",
+        net,
+        n_samples=2,
+        base="integrated_gradients",
         base_options={"steps": 3, "clean_pass": True},
     )
     assert explicit.base.clean_pass is True

@@ -24,8 +24,10 @@ def _snapshot(model):
         "grad_mode": torch.is_grad_enabled(),
         # how attention is computed: timm's fused_attn flags, Hugging Face's implementation
         "attention": [
-            (getattr(m, "fused_attn", None),
-             getattr(getattr(m, "config", None), "_attn_implementation", None))
+            (
+                getattr(m, "fused_attn", None),
+                getattr(getattr(m, "config", None), "_attn_implementation", None),
+            )
             for m in model.modules()
         ],
     }
@@ -128,12 +130,12 @@ TRANSFORMERS = ("timm", "torchvision", "hf")
 
 
 def _prepared_transformer(kind):
-    pytest.importorskip({"timm": "timm", "torchvision": "torchvision",
-                         "hf": "transformers"}[kind])
+    pytest.importorskip({"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}[kind])
     model = CleanupTransformer(kind)
     model.train()
-    first = next(m for m in model.modules() if type(m).__name__ in
-                 ("Block", "EncoderBlock", "ViTLayer"))
+    first = next(
+        m for m in model.modules() if type(m).__name__ in ("Block", "EncoderBlock", "ViTLayer")
+    )
     first.eval()  # mixed flags must come back exactly
     head = [p for p in model.parameters()][-1]
     head.requires_grad_(False)

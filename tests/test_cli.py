@@ -37,7 +37,7 @@ needs_pretrained = pytest.mark.skipif(
 )
 
 # A module with a tiny classifier and a model whose forward fails, for `--model pkg:factory`.
-TEST_MODELS = '''
+TEST_MODELS = """
 import torch
 from torch import nn
 
@@ -65,7 +65,7 @@ class Boom(nn.Module):
 
     def forward(self, x):
         raise RuntimeError("boom in forward")
-'''
+"""
 
 
 @pytest.fixture
@@ -87,7 +87,11 @@ def run_cli(*args: str, extra_path: Path | None = None, timeout: float = 600):
         env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "flashtorch.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -136,8 +140,20 @@ def test_explain_writes_the_same_maps_and_overlays_as_the_library(tmp_path, pret
     from flashtorch.utils import apply_transforms, denormalize
 
     out = tmp_path / "out"
-    proc = run_cli("explain", COFFEE, "--method", "gradient,gradcam", "--target", "espresso",
-                   "--size", "96", "--format", "both", "-o", str(out))
+    proc = run_cli(
+        "explain",
+        COFFEE,
+        "--method",
+        "gradient,gradcam",
+        "--target",
+        "espresso",
+        "--size",
+        "96",
+        "--format",
+        "both",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -152,8 +168,12 @@ def test_explain_writes_the_same_maps_and_overlays_as_the_library(tmp_path, pret
     assert proc.stdout.splitlines()[0].endswith("coffee.jpg")
 
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["coffee_gradcam.npy", "coffee_gradcam.png", "coffee_gradient.npy",
-                     "coffee_gradient.png"]  # and no temporary files left behind
+    assert names == [
+        "coffee_gradcam.npy",
+        "coffee_gradcam.png",
+        "coffee_gradient.npy",
+        "coffee_gradient.png",
+    ]  # and no temporary files left behind
     image = denormalize(x)[0].clamp(0, 1)
     for method, channels in (("gradient", 3), ("gradcam", 1)):
         raw = np.load(out / f"coffee_{method}.npy")
@@ -171,15 +191,30 @@ def test_explain_method_all_covers_every_registered_method(tmp_path):
     from flashtorch import available_methods, get_method
 
     out = tmp_path / "all"
-    proc = run_cli("explain", CHELSEA, "--method", "all", "--size", "64", "--layer",
-                   "net.blocks.4", "--opt", "steps=4", "--opt", "n_samples=2", "--format",
-                   "npy", "--quiet", "-o", str(out))
+    proc = run_cli(
+        "explain",
+        CHELSEA,
+        "--method",
+        "all",
+        "--size",
+        "64",
+        "--layer",
+        "net.blocks.4",
+        "--opt",
+        "steps=4",
+        "--opt",
+        "n_samples=2",
+        "--format",
+        "npy",
+        "--quiet",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" not in proc.stdout  # --quiet
     assert len(top5_lines(proc.stdout)) == 5
     # the attention methods refuse a CNN (EfficientNet-Lite0): 'all' drops them with a note
-    attention = [m for m in available_methods()
-                 if get_method(m).needs_attention]
+    attention = [m for m in available_methods() if get_method(m).needs_attention]
     assert attention and all(f"skipped {m}: " in proc.stderr for m in attention)
     methods = [m for m in available_methods() if m not in attention]
     assert len(methods) >= 4
@@ -197,8 +232,19 @@ def test_report_command_writes_one_self_contained_file(tmp_path):
     import shlex
 
     target = tmp_path / "deep" / "report.html"
-    args = ["report", COFFEE, CHELSEA, "--methods", "gradient,gradcam", "--size", "80",
-            "--title", "Cats & <coffee>", "-o", str(target)]
+    args = [
+        "report",
+        COFFEE,
+        CHELSEA,
+        "--methods",
+        "gradient,gradcam",
+        "--size",
+        "80",
+        "--title",
+        "Cats & <coffee>",
+        "-o",
+        str(target),
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     page = target.read_text(encoding="utf-8")
@@ -222,8 +268,9 @@ def test_console_script_reports_a_missing_file_in_one_line(tmp_path):
     script = Path(sys.executable).parent / "flashtorch"
     missing = str(tmp_path / "no" / "such" / "photo.jpg")
     if script.exists():  # the installed console script
-        proc = subprocess.run([str(script), "explain", missing], capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            [str(script), "explain", missing], capture_output=True, text=True, timeout=600
+        )
     else:
         proc = run_cli("explain", missing)
     assert_one_line_error(proc.stderr, proc.returncode, 2, "no image file at", missing)
@@ -231,15 +278,33 @@ def test_console_script_reports_a_missing_file_in_one_line(tmp_path):
 
 
 def test_runtime_failure_exits_1_in_a_real_process(models_module):
-    proc = run_cli("explain", COFFEE, "--model", "clitestmodels:Boom", "--method", "gradient",
-                   extra_path=models_module)
-    assert_one_line_error(proc.stderr, proc.returncode, 1, "RuntimeError: boom in forward",
-                          "--debug")
+    proc = run_cli(
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:Boom",
+        "--method",
+        "gradient",
+        extra_path=models_module,
+    )
+    assert_one_line_error(
+        proc.stderr, proc.returncode, 1, "RuntimeError: boom in forward", "--debug"
+    )
 
 
 def test_debug_shows_the_traceback(capsys, models_module, tmp_path):
-    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:Boom", "--method",
-                        "gradient", "--debug", "-o", str(tmp_path / "o"))
+    code, _, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:Boom",
+        "--method",
+        "gradient",
+        "--debug",
+        "-o",
+        str(tmp_path / "o"),
+    )
     assert code == 1
     assert "Traceback (most recent call last)" in err
     assert err.strip().splitlines()[-1].startswith("flashtorch: error: RuntimeError")
@@ -310,9 +375,24 @@ def test_layers_lists_token_layers_with_their_layout(capsys, models_module):
 
 def test_explain_on_a_factory_model_labels_classes_by_index(capsys, models_module, tmp_path):
     out_dir = tmp_path / "o"
-    code, out, err = call(capsys, "explain", COFFEE, CHELSEA, "--model", "clitestmodels:tiny",
-                          "--size", "24", "--method", "gradient", "--method", "gradcam",
-                          "--target", "3", "-o", str(out_dir))
+    code, out, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        CHELSEA,
+        "--model",
+        "clitestmodels:tiny",
+        "--size",
+        "24",
+        "--method",
+        "gradient",
+        "--method",
+        "gradcam",
+        "--target",
+        "3",
+        "-o",
+        str(out_dir),
+    )
     assert code == 0, err
     rows = top5_lines(out)
     assert len(rows) == 10 and all(label == f"class {i}" for _, label, i in rows)
@@ -324,16 +404,41 @@ def test_explain_on_a_factory_model_labels_classes_by_index(capsys, models_modul
 def test_attention_methods_on_a_vit_and_their_error_on_a_cnn(capsys, models_module, tmp_path):
     pytest.importorskip("timm")
     out_dir = tmp_path / "o"
-    code, out, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:vit", "--size",
-                          "32", "--method", "attention_rollout,gradient_rollout", "--target", "3",
-                          "--format", "npy", "-o", str(out_dir))
+    code, out, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:vit",
+        "--size",
+        "32",
+        "--method",
+        "attention_rollout,gradient_rollout",
+        "--target",
+        "3",
+        "--format",
+        "npy",
+        "-o",
+        str(out_dir),
+    )
     assert code == 0, err
     for name in ("coffee_attention_rollout", "coffee_gradient_rollout"):
         raw = np.load(out_dir / f"{name}.npy")
         assert raw.shape == (1, 32, 32) and raw.min() == 0 and raw.max() == 1
     # named explicitly on a CNN: the method's own message, not a silent skip
-    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:tiny", "--size",
-                        "16", "--method", "gradient_rollout", "-o", str(tmp_path / "c"))
+    code, _, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:tiny",
+        "--size",
+        "16",
+        "--method",
+        "gradient_rollout",
+        "-o",
+        str(tmp_path / "c"),
+    )
     assert code != 0 and "no self-attention ran" in err and "gradcam" in err
 
 
@@ -344,13 +449,28 @@ def test_same_stem_images_get_distinct_outputs(capsys, models_module, tmp_path):
     Image.new("RGB", (30, 20), (200, 10, 10)).save(a / "x.png")
     Image.new("RGB", (30, 20), (10, 10, 200)).save(b / "x.png")
     out_dir = tmp_path / "o"
-    code, _, err = call(capsys, "explain", str(a / "x.png"), str(b / "x.png"), "--model",
-                        "clitestmodels:tiny", "--size", "16", "--method", "gradient",
-                        "--format", "npy", "-q", "-o", str(out_dir))
+    code, _, err = call(
+        capsys,
+        "explain",
+        str(a / "x.png"),
+        str(b / "x.png"),
+        "--model",
+        "clitestmodels:tiny",
+        "--size",
+        "16",
+        "--method",
+        "gradient",
+        "--format",
+        "npy",
+        "-q",
+        "-o",
+        str(out_dir),
+    )
     assert code == 0, err
     assert sorted(p.name for p in out_dir.iterdir()) == ["x-2_gradient.npy", "x_gradient.npy"]
-    assert not np.array_equal(np.load(out_dir / "x_gradient.npy"),
-                              np.load(out_dir / "x-2_gradient.npy"))
+    assert not np.array_equal(
+        np.load(out_dir / "x_gradient.npy"), np.load(out_dir / "x-2_gradient.npy")
+    )
 
 
 def test_interrupted_write_leaves_no_partial_file(capsys, models_module, tmp_path, monkeypatch):
@@ -365,8 +485,19 @@ def test_interrupted_write_leaves_no_partial_file(capsys, models_module, tmp_pat
 
     monkeypatch.setattr(common.os, "replace", interrupted)
     out_dir = tmp_path / "o"
-    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:tiny", "--size",
-                        "16", "--method", "gradient", "-o", str(out_dir))
+    code, _, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:tiny",
+        "--size",
+        "16",
+        "--method",
+        "gradient",
+        "-o",
+        str(out_dir),
+    )
     assert_one_line_error(err, code, 130, "interrupted")
     assert list(out_dir.iterdir()) == []  # neither the PNG nor its temporary file
 
@@ -374,16 +505,43 @@ def test_interrupted_write_leaves_no_partial_file(capsys, models_module, tmp_pat
 @needs_pretrained
 def test_activmax_and_dream_write_images(capsys, tmp_path):
     out_dir = tmp_path / "fv"
-    code, out, err = call(capsys, "activmax", "--layer", "net.blocks.4", "--channels", "0-1",
-                          "--steps", "3", "--size", "40", "-o", str(out_dir))
+    code, out, err = call(
+        capsys,
+        "activmax",
+        "--layer",
+        "net.blocks.4",
+        "--channels",
+        "0-1",
+        "--steps",
+        "3",
+        "--size",
+        "40",
+        "-o",
+        str(out_dir),
+    )
     assert code == 0, err
     assert re.findall(r"^net\.blocks\.4 channel (\d+): objective", out, re.M) == ["0", "1"]
     assert png_array(out_dir / "net.blocks.4_ch0.png").shape == (40, 40, 3)
     assert png_array(out_dir / "net.blocks.4_ch1.png").shape == (40, 40, 3)
     assert png_array(out_dir / "net.blocks.4_grid.png").shape == (40, 82, 3)
 
-    code, out, err = call(capsys, "dream", CHELSEA, "--layer", "net.blocks.3", "--channel", "5",
-                          "--steps", "2", "--octaves", "1", "--size", "48", "-o", str(out_dir))
+    code, out, err = call(
+        capsys,
+        "dream",
+        CHELSEA,
+        "--layer",
+        "net.blocks.3",
+        "--channel",
+        "5",
+        "--steps",
+        "2",
+        "--octaves",
+        "1",
+        "--size",
+        "48",
+        "-o",
+        str(out_dir),
+    )
     assert code == 0, err
     with Image.open(CHELSEA) as photo:
         w, h = photo.size
@@ -438,8 +596,9 @@ FAST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, expected, fragment", FAST_CASES,
-                         ids=[" ".join(c[0][:1] + c[0][2:]) for c in FAST_CASES])
+@pytest.mark.parametrize(
+    "args, expected, fragment", FAST_CASES, ids=[" ".join(c[0][:1] + c[0][2:]) for c in FAST_CASES]
+)
 def test_usage_errors_print_one_line_and_exit_2(capsys, junk_files, args, expected, fragment):
     args = [a.replace("{tmp}", str(junk_files)) for a in args]
     code, _, err = call(capsys, *args)
@@ -457,15 +616,21 @@ def test_cuda_requested_without_cuda(capsys):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["explain", COFFEE, "--method", "gradcam", "--layer", "net.conv_haed"],
-         "did you mean 'net.conv_head'"),
+        (
+            ["explain", COFFEE, "--method", "gradcam", "--layer", "net.conv_haed"],
+            "did you mean 'net.conv_head'",
+        ),
         (["explain", COFFEE, "--method", "gradient", "--target", "1000"], "out of range"),
         (["explain", COFFEE, "--method", "smoothgrad", "--opt", "n_samples=-1"], "n_samples"),
-        (["activmax", "--layer", "net.blocks.4", "--channels", "110-112"],
-         "channel 112 is out of range: layer 'net.blocks.4' has 112 channels"),
+        (
+            ["activmax", "--layer", "net.blocks.4", "--channels", "110-112"],
+            "channel 112 is out of range: layer 'net.blocks.4' has 112 channels",
+        ),
         (["activmax", "--layer", "net.blok.4"], "did you mean 'net.blocks.4'"),
-        (["dream", CHELSEA, "--layer", "net.blocks.3", "--channel", "999"],
-         "channel 999 is out of range"),
+        (
+            ["dream", CHELSEA, "--layer", "net.blocks.3", "--channel", "999"],
+            "channel 999 is out of range",
+        ),
     ],
 )
 def test_model_dependent_usage_errors(capsys, tmp_path, args, fragment):
@@ -478,8 +643,19 @@ def test_pickled_model_needs_trust_pickle(capsys, models_module, tmp_path):
 
     path = tmp_path / "whole.pt"
     torch.save(clitestmodels.tiny(), path)
-    args = ["explain", COFFEE, "--model", str(path), "--size", "16", "--method", "gradient",
-            "-q", "-o", str(tmp_path / "o")]
+    args = [
+        "explain",
+        COFFEE,
+        "--model",
+        str(path),
+        "--size",
+        "16",
+        "--method",
+        "gradient",
+        "-q",
+        "-o",
+        str(tmp_path / "o"),
+    ]
     code, _, err = call(capsys, *args)
     assert_one_line_error(err, code, 2, "--trust-pickle")
     assert not (tmp_path / "o" / "coffee_gradient.png").exists()
@@ -489,14 +665,34 @@ def test_pickled_model_needs_trust_pickle(capsys, models_module, tmp_path):
 
 
 def test_class_name_on_a_non_imagenet_model(capsys, models_module, tmp_path):
-    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:tiny", "--target",
-                        "tabby", "--size", "16", "-o", str(tmp_path / "o"))
+    code, _, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:tiny",
+        "--target",
+        "tabby",
+        "--size",
+        "16",
+        "-o",
+        str(tmp_path / "o"),
+    )
     assert_one_line_error(err, code, 2, "pass the class index instead")
 
 
 def test_runtime_failure_in_process(capsys, models_module, tmp_path):
-    code, _, err = call(capsys, "explain", COFFEE, "--model", "clitestmodels:Boom", "--method",
-                        "gradient", "-o", str(tmp_path / "o"))
+    code, _, err = call(
+        capsys,
+        "explain",
+        COFFEE,
+        "--model",
+        "clitestmodels:Boom",
+        "--method",
+        "gradient",
+        "-o",
+        str(tmp_path / "o"),
+    )
     assert_one_line_error(err, code, 1, "boom in forward")
 
 
@@ -519,7 +715,11 @@ def test_parse_target_and_options():
     assert cli.parse_target("281") == 281
     assert cli.parse_target(" tabby ") == "tabby"
     assert cli.parse_options(["n_samples=8", "noise=0.2", "base=guided", "window=(8, 8)"]) == {
-        "n_samples": 8, "noise": 0.2, "base": "guided", "window": (8, 8)}
+        "n_samples": 8,
+        "noise": 0.2,
+        "base": "guided",
+        "window": (8, 8),
+    }
 
 
 def test_parse_methods_expands_all_and_deduplicates():
@@ -540,7 +740,11 @@ def test_method_options_route_to_the_methods_that_take_them():
 
 def test_output_stems_are_unique_and_safe():
     assert cli.output_stems(["a/cat.jpg", "b/cat.png", "dog.jpeg", "c/cat.gif"]) == [
-        "cat", "cat-2", "dog", "cat-3"]
+        "cat",
+        "cat-2",
+        "dog",
+        "cat-3",
+    ]
     assert cli.output_stems(["my photo (1).jpg"]) == ["my_photo_1_"]
 
 

@@ -51,8 +51,11 @@ def _params(fn) -> list[str]:
 
 
 def _defaults(fn) -> dict:
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +76,20 @@ def test_signatures_of_the_utils():
     assert _params(denormalize)[0] == "tensor"
     assert _params(format_for_plotting) == ["tensor"]
     assert _params(standardize_and_clip)[:5] == [
-        "tensor", "min_value", "max_value", "saturation", "brightness"]
-    assert {k: _defaults(standardize_and_clip)[k]
-            for k in ("min_value", "max_value", "saturation", "brightness")} == {
-        "min_value": 0.0, "max_value": 1.0, "saturation": 0.1, "brightness": 0.5}
+        "tensor",
+        "min_value",
+        "max_value",
+        "saturation",
+        "brightness",
+    ]
+    assert {
+        k: _defaults(standardize_and_clip)[k]
+        for k in ("min_value", "max_value", "saturation", "brightness")
+    } == {"min_value": 0.0, "max_value": 1.0, "saturation": 0.1, "brightness": 0.5}
     # the talk's visualize(input_, gradients, max_gradients, cmap='viridis', alpha=...)
     from flashtorch.plot import visualize as plot_visualize
 
-    assert _params(plot_visualize)[:5] == [
-        "input_", "gradients", "max_gradients", "cmap", "alpha"]
+    assert _params(plot_visualize)[:5] == ["input_", "gradients", "max_gradients", "cmap", "alpha"]
 
 
 def test_load_image_converts_to_rgb(tmp_path):
@@ -98,8 +106,10 @@ def test_apply_transforms_as_documented():
     assert x.dtype == torch.float32 and x.requires_grad
     assert apply_transforms(image, 299).shape == (1, 3, 299, 299)
     # 0.1.3's tests: numpy arrays, channels first or last
-    for arr in (np.uint8(np.random.uniform(150, 180, (3, 224, 224))),
-                np.uint8(np.random.uniform(150, 180, (224, 224, 3)))):
+    for arr in (
+        np.uint8(np.random.uniform(150, 180, (3, 224, 224))),
+        np.uint8(np.random.uniform(150, 180, (224, 224, 3))),
+    ):
         t = apply_transforms(arr)
         assert t.shape == (1, 3, 224, 224) and t.requires_grad
 
@@ -113,10 +123,15 @@ def test_denormalize_is_x_times_std_plus_mean():
     assert torch.equal(denormalize(x[0]), d[0])  # (3, H, W) too
 
 
-@pytest.mark.parametrize("shape, expected", [
-    ((1, 3, 224, 224), (224, 224, 3)), ((1, 1, 224, 224), (224, 224)),
-    ((3, 224, 224), (224, 224, 3)), ((1, 224, 224), (224, 224)),
-])
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((1, 3, 224, 224), (224, 224, 3)),
+        ((1, 1, 224, 224), (224, 224)),
+        ((3, 224, 224), (224, 224, 3)),
+        ((1, 224, 224), (224, 224)),
+    ],
+)
 def test_format_for_plotting_shapes(shape, expected):
     t = torch.rand(shape, requires_grad=True)
     out = format_for_plotting(t)
@@ -146,7 +161,11 @@ def test_visualize_the_talks_call(tiny_cnn):
     m = bp.calculate_gradients(x, 1, take_max=True)
     fig = visualize(x, g, m, "viridis", 0.5)  # the talk's positional cmap, alpha
     assert [ax.get_title() for ax in fig.axes] == [
-        "Input image", "Gradients across RGB channels", "Max gradients", "Overlay"]
+        "Input image",
+        "Gradients across RGB channels",
+        "Max gradients",
+        "Overlay",
+    ]
     assert fig.axes[2].images[0].get_cmap().name == "viridis"
 
 
@@ -181,15 +200,37 @@ def test_imagenet_index_as_in_0_1_3s_tests():
 def test_backprop_signatures():
     assert _params(Backprop.__init__) == ["model"]
     assert _params(Backprop.calculate_gradients) == [
-        "input_", "target_class", "take_max", "guided", "use_gpu"]
+        "input_",
+        "target_class",
+        "take_max",
+        "guided",
+        "use_gpu",
+    ]
     assert _defaults(Backprop.calculate_gradients) == {
-        "target_class": None, "take_max": False, "guided": False, "use_gpu": False}
+        "target_class": None,
+        "take_max": False,
+        "guided": False,
+        "use_gpu": False,
+    }
     assert _params(Backprop.visualize)[:8] == [
-        "input_", "target_class", "guided", "use_gpu", "figsize", "cmap", "alpha",
-        "return_output"]
+        "input_",
+        "target_class",
+        "guided",
+        "use_gpu",
+        "figsize",
+        "cmap",
+        "alpha",
+        "return_output",
+    ]
     d = _defaults(Backprop.visualize)
-    assert (d["guided"], d["use_gpu"], d["figsize"], d["cmap"], d["alpha"],
-            d["return_output"]) == (False, False, (16, 4), "viridis", 0.5, False)
+    assert (d["guided"], d["use_gpu"], d["figsize"], d["cmap"], d["alpha"], d["return_output"]) == (
+        False,
+        False,
+        (16, 4),
+        "viridis",
+        0.5,
+        False,
+    )
 
 
 def _reference_gradient(model, x, cls):
@@ -215,8 +256,13 @@ def test_calculate_gradients_is_the_target_gradient(tiny_cnn):
 
 def test_calculate_gradients_on_a_grayscale_model():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=3, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(4 * 11 * 11, 10), nn.Softmax(dim=1))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 11 * 11, 10),
+        nn.Softmax(dim=1),
+    )
     x = torch.zeros(1, 1, 32, 32, requires_grad=True)
     g = Backprop(model).calculate_gradients(x)
     assert g.shape == (1, 32, 32) and x.grad is None
@@ -258,8 +304,13 @@ class _OneLogit(nn.Module):
     def __init__(self, flat: bool) -> None:
         super().__init__()
         torch.manual_seed(1)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 1),
+        )
         self.flat = flat
 
     def forward(self, x):
@@ -311,11 +362,11 @@ def test_take_max_is_the_papers_max_abs_and_0_1_3s_signed_max_is_an_option():
     x = torch.zeros(1, 3, 1, 2)
     # Simonyan et al. 2013: M = max_c |dS/dx_c|
     assert torch.equal(bp.calculate_gradients(x, 0, take_max=True), torch.tensor([[[3.0, 2.0]]]))
-    assert torch.equal(bp.calculate_gradients(x, 0, take_max="max_abs"),
-                       torch.tensor([[[3.0, 2.0]]]))
+    assert torch.equal(
+        bp.calculate_gradients(x, 0, take_max="max_abs"), torch.tensor([[[3.0, 2.0]]])
+    )
     # FlashTorch 0.1.3: the signed maximum
-    assert torch.equal(bp.calculate_gradients(x, 0, take_max="max"),
-                       torch.tensor([[[2.0, -0.5]]]))
+    assert torch.equal(bp.calculate_gradients(x, 0, take_max="max"), torch.tensor([[[2.0, -0.5]]]))
     g, m = bp.visualize(x, 0, take_max="max", return_output=True)
     assert torch.equal(m, torch.tensor([[[2.0, -0.5]]]))
     with pytest.raises(MethodError, match="max_abs"):
@@ -333,11 +384,25 @@ def test_gradient_ascent_signatures_and_properties(alexnet_features):
     assert _params(GradientAscent.optimize) == ["layer", "filter_idx", "input_", "num_iter"]
     assert _defaults(GradientAscent.optimize) == {"input_": None, "num_iter": 30}
     assert _params(GradientAscent.visualize) == [
-        "layer", "filter_idxs", "lr", "num_iter", "num_subplots", "figsize", "title",
-        "return_output"]
+        "layer",
+        "filter_idxs",
+        "lr",
+        "num_iter",
+        "num_subplots",
+        "figsize",
+        "title",
+        "return_output",
+    ]
     assert _params(GradientAscent.deepdream)[:8] == [
-        "img_path", "layer", "filter_idx", "lr", "num_iter", "figsize", "title",
-        "return_output"]
+        "img_path",
+        "layer",
+        "filter_idx",
+        "lr",
+        "num_iter",
+        "figsize",
+        "title",
+        "return_output",
+    ]
     d = _defaults(GradientAscent.deepdream)
     assert (d["lr"], d["num_iter"], d["title"]) == (0.1, 20, "DeepDream")
     g = GradientAscent(alexnet_features)
@@ -413,8 +478,7 @@ def test_deepdream_octaves_are_an_option_small_sizes_work_or_say_why(alexnet_fea
         g.deepdream(IMAGES / "coffee.jpg", alexnet_features[12], 0, num_iter=1, octaves=3)
     # and the same for activation maximisation at a size the layer cannot take
     with pytest.raises(InputError, match="larger image size"):
-        GradientAscent(alexnet_features, img_size=32).optimize(alexnet_features[12], 0,
-                                                               num_iter=1)
+        GradientAscent(alexnet_features, img_size=32).optimize(alexnet_features[12], 0, num_iter=1)
 
 
 # ============================================================================================

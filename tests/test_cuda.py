@@ -90,8 +90,7 @@ def on_cuda(resnet):
         model.cpu()
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items()
-                                         if not c.needs_attention))
+@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items() if not c.needs_attention))
 def test_cuda_matches_cpu(resnet, name):
     model, x, target = resnet
     options = OPTIONS.get(name, {})
@@ -112,8 +111,9 @@ def test_cuda_matches_cpu(resnet, name):
         assert rel(gpu.maps.cpu(), cpu.maps) < 1e-3
 
 
-@pytest.mark.parametrize("name", ["gradient", "guided", "integrated_gradients", "gradcam",
-                                  "guided_gradcam"])
+@pytest.mark.parametrize(
+    "name", ["gradient", "guided", "integrated_gradients", "gradcam", "guided_gradcam"]
+)
 def test_fast_on_cuda_agrees_with_exact(on_cuda, name):
     model, x, target = on_cuda
     options = OPTIONS.get(name, {})
@@ -123,8 +123,18 @@ def test_fast_on_cuda_agrees_with_exact(on_cuda, name):
     assert all(p.device.type == "cuda" for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["gradient", "gradient_x_input", "guided", "deconvnet",
-                                  "integrated_gradients", "gradcam", "scorecam"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gradient",
+        "gradient_x_input",
+        "guided",
+        "deconvnet",
+        "integrated_gradients",
+        "gradcam",
+        "scorecam",
+    ],
+)
 def test_amp_float16_on_cuda(on_cuda, name):
     model, x, target = on_cuda
     options = OPTIONS.get(name, {})
@@ -147,8 +157,18 @@ def test_fast_layout_follows_tensor_cores(on_cuda):
         torch.backends.cudnn.allow_tf32 = False
 
 
-@pytest.mark.parametrize("name", ["gradient", "guided", "gradcam", "guided_gradcam",
-                                  "integrated_gradients", "smoothgrad", "occlusion"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gradient",
+        "guided",
+        "gradcam",
+        "guided_gradcam",
+        "integrated_gradients",
+        "smoothgrad",
+        "occlusion",
+    ],
+)
 def test_no_synchronisation_once_the_forward_pass_starts(on_cuda, name):
     """CUDA's own check of tests/test_sync_free.py: sync debug mode "error" from the first
     forward call on (a target tensor is read at the start of the call, before it)."""
@@ -264,13 +284,13 @@ def test_graphed_amp(on_cuda):
     assert cos(replay.maps, method(x, target=target).maps) > 0.999
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items()
-                                         if c.needs_attention))
+@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items() if c.needs_attention))
 def test_attention_methods_on_cuda_match_cpu(name):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                          num_heads=2, num_classes=5).eval()
+    model = timm.models.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5
+    ).eval()
     x, target = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 4])
     cpu = METHODS[name](model)(x, target=target)
     model.cuda()

@@ -93,8 +93,13 @@ def test_cache_is_rebuilt_when_weights_change(tiny_cnn):
 
 def _with_bn():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    )
     return _randomise_bn(model)
 
 
@@ -128,8 +133,18 @@ def _new_storage(m):
     m.double().float()
 
 
-@pytest.mark.parametrize("change", [_replace_param, _replace_layer, _add_layer, _drop_buffer,
-                                    _swap_param_dict, _in_place, _new_storage])
+@pytest.mark.parametrize(
+    "change",
+    [
+        _replace_param,
+        _replace_layer,
+        _add_layer,
+        _drop_buffer,
+        _swap_param_dict,
+        _in_place,
+        _new_storage,
+    ],
+)
 def test_every_kind_of_model_change_rebuilds_the_copy(change):
     model = _with_bn()
     views = FastViews()
@@ -192,10 +207,15 @@ def test_fast_refused_where_unsupported(tiny_cnn):
     assert all(METHODS[n].supports_fast for n in ("gradient", "guided"))
 
 
-@pytest.mark.parametrize("method,options", [
-    ("smoothgrad", {"n_samples": 3}), ("integrated_gradients", {"steps": 4}),
-    ("occlusion", {"window": 16, "stride": 16}), ("vargrad", {"n_samples": 3}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("smoothgrad", {"n_samples": 3}),
+        ("integrated_gradients", {"steps": 4}),
+        ("occlusion", {"window": 16, "stride": 16}),
+        ("vargrad", {"n_samples": 3}),
+    ],
+)
 def test_fast_works_for_sampling_methods(method, options):
     model = _randomise_bn(_models()["resnet18"])
     model.train()  # fast must not run the user's model (BN statistics would move)

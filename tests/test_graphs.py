@@ -17,8 +17,9 @@ from flashtorch.errors import InputError, MethodError, TargetError
 from .conftest import small_cnn
 
 
-@pytest.mark.parametrize("name", ["smoothgrad", "integrated_gradients", "occlusion",
-                                  "scorecam", "vargrad"])
+@pytest.mark.parametrize(
+    "name", ["smoothgrad", "integrated_gradients", "occlusion", "scorecam", "vargrad"]
+)
 def test_methods_with_host_loops_or_noise_are_refused(name):
     with pytest.raises(MethodError, match="cannot be replayed as a CUDA graph.*gradient"):
         flashtorch.graphed(METHODS[name](small_cnn()))
@@ -26,8 +27,16 @@ def test_methods_with_host_loops_or_noise_are_refused(name):
 
 def test_graph_safe_methods_are_the_single_pass_ones():
     safe = {n for n, cls in METHODS.items() if cls.graph_safe}
-    assert safe == {"gradient", "gradient_x_input", "guided", "deconvnet", "gradcam",
-                    "gradcam_pp", "layercam", "guided_gradcam"}
+    assert safe == {
+        "gradient",
+        "gradient_x_input",
+        "guided",
+        "deconvnet",
+        "gradcam",
+        "gradcam_pp",
+        "layercam",
+        "guided_gradcam",
+    }
 
 
 def test_bad_arguments():
@@ -80,8 +89,9 @@ def test_prepared_indices_resolve_without_reading_the_device():
         target_indices(CheckedIndices(torch.tensor([1, 2, 3])), output)
 
 
-@pytest.mark.parametrize("target", [3, [3], [1, 4], torch.tensor([1, 4]), torch.tensor([[3]]),
-                                    (2, 0)])
+@pytest.mark.parametrize(
+    "target", [3, [3], [1, 4], torch.tensor([1, 4]), torch.tensor([[3]]), (2, 0)]
+)
 def test_prepare_target_makes_device_indices_before_the_forward(target):
     prepared = prepare_target(target, 2, torch.device("cpu"))
     assert isinstance(prepared, CheckedIndices)
@@ -92,9 +102,21 @@ def test_prepare_target_makes_device_indices_before_the_forward(target):
     assert torch.equal(target_indices(prepared, output), target_indices(target, output))
 
 
-@pytest.mark.parametrize("target", [None, "tabby", ["tabby", 3], -1, [1, 2, 3], True,
-                                    torch.tensor([0.5, 1.0]), torch.tensor([True, False]),
-                                    lambda out: out[:, 0], []])
+@pytest.mark.parametrize(
+    "target",
+    [
+        None,
+        "tabby",
+        ["tabby", 3],
+        -1,
+        [1, 2, 3],
+        True,
+        torch.tensor([0.5, 1.0]),
+        torch.tensor([True, False]),
+        lambda out: out[:, 0],
+        [],
+    ],
+)
 def test_prepare_target_leaves_the_rest_to_the_checked_path(target):
     assert prepare_target(target, 2, torch.device("cpu")) is target
 

@@ -91,8 +91,13 @@ def test_no_guard_warning_in_the_normal_case(name):
 def test_only_the_images_with_zero_maps_are_named():
     class HalfDead(nn.Module):
         def forward(self, x):
-            return torch.stack([x[:, 0].mean((1, 2)) * torch.tensor([1.0, 0.0])[: x.shape[0]],
-                                x[:, 1].mean((1, 2))], 1)
+            return torch.stack(
+                [
+                    x[:, 0].mean((1, 2)) * torch.tensor([1.0, 0.0])[: x.shape[0]],
+                    x[:, 1].mean((1, 2)),
+                ],
+                1,
+            )
 
     _, messages = _call(METHODS["gradient"](HalfDead()), _x(), 0)
     assert messages == [m for m in messages if "image(s) 1 " in m] and len(messages) == 1
@@ -154,8 +159,7 @@ class Nested(AttributionMethod):
 
     def compute(self, inputs, target):
         a = METHODS["gradient"](self.model, eval_mode=self.eval_mode)(inputs, target)
-        b = METHODS["smoothgrad"](self.model, eval_mode=self.eval_mode, n_samples=3)(
-            inputs, target)
+        b = METHODS["smoothgrad"](self.model, eval_mode=self.eval_mode, n_samples=3)(inputs, target)
         return MethodOutput(a.maps + b.maps, None, a.targets, a.scores)
 
 
@@ -222,8 +226,9 @@ def test_every_method_gives_the_same_maps_under_no_grad_and_inference_mode(name)
     torch.testing.assert_close(outside.maps, expected.maps)
 
 
-@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "smoothgrad", "gradcam",
-                                  "guided_gradcam"])
+@pytest.mark.parametrize(
+    "name", ["gradient", "integrated_gradients", "smoothgrad", "gradcam", "guided_gradcam"]
+)
 def test_a_model_made_under_inference_mode_gets_a_clear_error(name):
     with torch.inference_mode():
         net = small_cnn()

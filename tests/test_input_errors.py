@@ -65,7 +65,11 @@ def test_wrong_image_size_is_an_input_error(name):
 def test_timm_vit_wrong_size_is_an_input_error():
     timm = pytest.importorskip("timm")
     model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16, depth=1,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=16,
+        depth=1,
         num_classes=3,
     ).eval()
     with pytest.raises(InputError, match="another input size"):
@@ -114,9 +118,9 @@ def test_scorecam_on_a_half_precision_model():
     assert half.maps.shape == (2, 1, 16, 16)
     assert torch.isfinite(half.maps).all()
     # the same scores up to half-precision rounding
-    assert torch.corrcoef(torch.stack([half.maps.float().flatten(), full.maps.flatten()]))[
-        0, 1
-    ] > 0.98
+    assert (
+        torch.corrcoef(torch.stack([half.maps.float().flatten(), full.maps.flatten()]))[0, 1] > 0.98
+    )
 
 
 class ScalarOut(nn.Module):

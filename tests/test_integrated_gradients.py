@@ -98,8 +98,11 @@ def test_quadratic_model_closed_form_per_rule():
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     m = 8
     expected_factor = {
-        "riemann_left": 1 - 1 / m, "riemann_right": 1 + 1 / m, "riemann_middle": 1.0,
-        "trapezoid": 1.0, "gausslegendre": 1.0,
+        "riemann_left": 1 - 1 / m,
+        "riemann_right": 1 + 1 / m,
+        "riemann_middle": 1.0,
+        "trapezoid": 1.0,
+        "gausslegendre": 1.0,
     }
     for rule, factor in expected_factor.items():
         r = IntegratedGradients(model, steps=m, rule=rule)(x, target=0)
@@ -193,9 +196,7 @@ def test_blur_matches_scipy_gaussian_filter():
 def test_black_baseline_explains_against_a_black_image(net, x):
     r = attribute(net, x, target=2, method="integrated_gradients", baseline="black", steps=16)
     black = IntegratedGradients(net, baseline="black").baselines(x)
-    torch.testing.assert_close(
-        r.extras["baseline_scores"], net(black)[:, 2], rtol=1e-5, atol=1e-6
-    )
+    torch.testing.assert_close(r.extras["baseline_scores"], net(black)[:, 2], rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,8 +210,9 @@ def test_batch_equals_singles(net, x):
     for i, t in enumerate([4, 0, 2]):
         single = ig(x[i : i + 1], target=t)
         torch.testing.assert_close(batch.maps[i : i + 1], single.maps, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(batch.extras["delta"][i : i + 1], single.extras["delta"],
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            batch.extras["delta"][i : i + 1], single.extras["delta"], rtol=1e-4, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("rule", ["gausslegendre", "riemann_left"])
@@ -221,8 +223,9 @@ def test_internal_batch_size_does_not_change_the_result(net, x, rule):
     ]
     for other in results[1:]:
         torch.testing.assert_close(other.maps, results[0].maps, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(other.extras["delta"], results[0].extras["delta"],
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            other.extras["delta"], results[0].extras["delta"], rtol=1e-4, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize(("rule", "extra"), [("gausslegendre", 3 + 1), ("riemann_left", 3)])
@@ -235,10 +238,18 @@ def test_peak_batch_is_the_internal_batch_not_steps(net, x, rule, extra):
     assert sum(spy.sizes) == 20 * 3 + extra
 
 
-@pytest.mark.parametrize(("baseline", "rows"), [
-    ("zero", 1), ("black", 1), (0.5, 1), (torch.full((3, 1, 1), 0.2), 1),
-    ("blur", 3), ("uniform", 3), (torch.rand(3, 3, 10, 10), 3),
-])
+@pytest.mark.parametrize(
+    ("baseline", "rows"),
+    [
+        ("zero", 1),
+        ("black", 1),
+        (0.5, 1),
+        (torch.full((3, 1, 1), 0.2), 1),
+        ("blur", 3),
+        ("uniform", 3),
+        (torch.rand(3, 3, 10, 10), 3),
+    ],
+)
 def test_a_baseline_shared_by_every_image_runs_once(net, x, baseline, rows):
     ig = IntegratedGradients(net, steps=4, baseline=baseline, internal_batch_size=64)
     with BatchSpy(net) as spy:
@@ -308,8 +319,9 @@ def test_completeness_on_pretrained_efficientnet_lite0(pretrained):
     from flashtorch.utils import apply_transforms, load_image
 
     x = apply_transforms(load_image(IMAGES / "coffee.jpg"))
-    r = IntegratedGradients(pretrained, baseline="black", steps=64, rule="gausslegendre",
-                            internal_batch_size=32)(x)
+    r = IntegratedGradients(
+        pretrained, baseline="black", steps=64, rule="gausslegendre", internal_batch_size=32
+    )(x)
     gap = (r.scores - r.extras["baseline_scores"]).abs()
     assert gap.min() > 1.0  # the photo scores clearly above the black image
     assert (r.extras["delta"].abs() / gap).max() < 0.02

@@ -151,8 +151,9 @@ def test_deletion_and_insertion_auc_by_hand():
     torch.testing.assert_close(i.auc, torch.tensor([6.25]))
     # The reversed map is the worst ranking: the two AUCs swap.
     bad = good.flip(-1).flip(-2)
-    torch.testing.assert_close(deletion(model, x, bad, target=0, step=1, score="logit").auc,
-                               torch.tensor([6.25]))
+    torch.testing.assert_close(
+        deletion(model, x, bad, target=0, step=1, score="logit").auc, torch.tensor([6.25])
+    )
     # A float step of 0.5 removes two pixels at a time: 10, 3, 0 -> 0.5 * (6.5 + 1.5) = 4.
     half = deletion(model, x, good, target=0, step=0.5, score="logit")
     assert half.scores.tolist() == [[10.0, 3.0, 0.0]]
@@ -174,8 +175,9 @@ def test_probability_score_by_hand():
 
 def test_curves_are_batched_consistently_and_leave_everything_alone():
     gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 6 * 6, 5))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)
+    )
     model.train()
     x = torch.randn(3, 3, 6, 6, generator=gen)
     x_copy = x.clone()
@@ -207,10 +209,17 @@ def test_gaussian_blur_matches_scipy():
 
     x = torch.rand(2, 3, 20, 17, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ours = gaussian_blur(x, sigma=5.0, kernel_size=11)
-    ref = np.stack([
-        np.stack([gaussian_filter(x[b, c].numpy(), 5.0, mode="mirror", truncate=1.0)
-                  for c in range(3)]) for b in range(2)
-    ])
+    ref = np.stack(
+        [
+            np.stack(
+                [
+                    gaussian_filter(x[b, c].numpy(), 5.0, mode="mirror", truncate=1.0)
+                    for c in range(3)
+                ]
+            )
+            for b in range(2)
+        ]
+    )
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
 
 
@@ -246,9 +255,14 @@ def test_spearman_and_ssim_match_scipy_and_skimage():
     b01 = b / b.max()
     s = ssim(a, b01)
     ref_s = [
-        structural_similarity(a[i, 0].double().numpy(), b01[i, 0].double().numpy(),
-                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                              data_range=1.0)
+        structural_similarity(
+            a[i, 0].double().numpy(),
+            b01[i, 0].double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         for i in range(3)
     ]
     np.testing.assert_allclose(s.numpy(), ref_s, rtol=1e-5)

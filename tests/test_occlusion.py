@@ -18,8 +18,13 @@ class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 4),
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 5 * 5, 4),
         )
 
     def forward(self, x):
@@ -143,8 +148,9 @@ def test_batch_equals_singles(net, x):
     occ = Occlusion(net, window=3, stride=2)
     batch = occ(x, target=[2, 0, 3]).maps
     for i, t in enumerate([2, 0, 3]):
-        torch.testing.assert_close(batch[i : i + 1], occ(x[i : i + 1], target=t).maps,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            batch[i : i + 1], occ(x[i : i + 1], target=t).maps, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_internal_batch_size_does_not_change_the_result_and_bounds_the_batch(net, x):

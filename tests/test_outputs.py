@@ -100,8 +100,10 @@ def test_the_predicted_class_of_any_output_kind(name, kind):
     net = small_cnn()
     options = FAST_OPTIONS.get(name, {})
     x = _x()
-    _same(METHODS[name](Returns(net, kind), **options)(x),
-          METHODS[name](Returns(net, "plain"), **options)(x))
+    _same(
+        METHODS[name](Returns(net, kind), **options)(x),
+        METHODS[name](Returns(net, "plain"), **options)(x),
+    )
 
 
 CHUNKED = {  # several internal batches: the outputs are split and joined by rows
@@ -117,12 +119,15 @@ CHUNKED = {  # several internal batches: the outputs are split and joined by row
 def test_chunked_methods_join_outputs_by_rows(name, kind):
     net = small_cnn()
     x = _x(3)
-    _same(METHODS[name](Returns(net, kind), **CHUNKED[name])(x, [1, 0, 4]),
-          METHODS[name](Returns(net, "plain"), **CHUNKED[name])(x, [1, 0, 4]))
+    _same(
+        METHODS[name](Returns(net, kind), **CHUNKED[name])(x, [1, 0, 4]),
+        METHODS[name](Returns(net, "plain"), **CHUNKED[name])(x, [1, 0, 4]),
+    )
 
 
-@pytest.mark.parametrize(("name", "chunked"),
-                         [(n, False) for n in CNN_METHODS] + [(n, True) for n in CHUNKED])
+@pytest.mark.parametrize(
+    ("name", "chunked"), [(n, False) for n in CNN_METHODS] + [(n, True) for n in CHUNKED]
+)
 def test_an_output_without_logits_reaches_a_callable_as_it_is(name, chunked):
     net = small_cnn()
     options = CHUNKED[name] if chunked else FAST_OPTIONS.get(name, {})
@@ -152,12 +157,17 @@ def test_class_targets_on_an_output_without_logits_say_what_to_do(name):
 
 
 SCALAR_CASES = {
-    "integrated_gradients": [{"steps": 3}, {"steps": 3, "rule": "riemann_left"},
-                             {"steps": 3, "rule": "trapezoid", "clean_pass": False},
-                             {"steps": 3, "baseline": "blur"}],
+    "integrated_gradients": [
+        {"steps": 3},
+        {"steps": 3, "rule": "riemann_left"},
+        {"steps": 3, "rule": "trapezoid", "clean_pass": False},
+        {"steps": 3, "baseline": "blur"},
+    ],
     "occlusion": [{"window": 8, "stride": 8}],
-    "smoothgrad": [{"n_samples": 3}, {"n_samples": 2, "base": "integrated_gradients",
-                                      "base_options": {"steps": 3}}],
+    "smoothgrad": [
+        {"n_samples": 3},
+        {"n_samples": 2, "base": "integrated_gradients", "base_options": {"steps": 3}},
+    ],
     "vargrad": [{"n_samples": 3}],
     "gradient": [{}],
     "gradcam": [{}],
@@ -165,8 +175,9 @@ SCALAR_CASES = {
 }
 
 
-@pytest.mark.parametrize(("name", "options"),
-                         [(n, o) for n, opts in SCALAR_CASES.items() for o in opts])
+@pytest.mark.parametrize(
+    ("name", "options"), [(n, o) for n, opts in SCALAR_CASES.items() for o in opts]
+)
 def test_scalar_outputs_with_a_callable_target(name, options):
     # (B,) outputs: the callable gets them as they are; the maps equal those of the same
     # score read from a (B, 1) output
@@ -191,15 +202,23 @@ def test_a_callable_returning_the_wrong_shape_is_refused():
 @pytest.mark.parametrize("kind", KINDS)
 def test_fast_paths_read_the_logits(kind):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    ).eval()
     net[1].running_mean.uniform_(-1, 1)
     net[1].running_var.uniform_(0.5, 2)
     x = _x()
     for name in ("gradient", "guided", "integrated_gradients", "smoothgrad", "occlusion"):
         options = FAST_OPTIONS.get(name, {})
-        _same(METHODS[name](Returns(net, kind), fast=True, **options)(x, 2),
-              METHODS[name](Returns(net, "plain"), fast=True, **options)(x, 2))
+        _same(
+            METHODS[name](Returns(net, kind), fast=True, **options)(x, 2),
+            METHODS[name](Returns(net, "plain"), fast=True, **options)(x, 2),
+        )
 
 
 @pytest.mark.filterwarnings("ignore:The predicted class does not equal")
@@ -210,9 +229,11 @@ def test_backprop_reads_the_logits(kind):
     for guided in (False, True):
         for target in (3, "goldfish", None, _margin):
             expected = Backprop(Returns(net, "plain")).calculate_gradients(
-                x, target, take_max=True, guided=guided)
+                x, target, take_max=True, guided=guided
+            )
             got = Backprop(Returns(net, kind)).calculate_gradients(
-                x, target, take_max=True, guided=guided)
+                x, target, take_max=True, guided=guided
+            )
             torch.testing.assert_close(got, expected)
 
 
@@ -251,8 +272,14 @@ def test_metrics_read_the_logits(kind):
 def _hf_vit(classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
     config = transformers.ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, num_labels=classes,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=classes,
         attn_implementation="eager",
     )
     return transformers.ViTForImageClassification(config).eval()
@@ -270,9 +297,14 @@ class LogitsOf(nn.Module):
 
 
 HF_METHODS = {
-    "gradient": {}, "gradient_x_input": {}, "guided": {}, "deconvnet": {},
-    "integrated_gradients": {"steps": 4}, "smoothgrad": {"n_samples": 3},
-    "smoothgrad_sq": {"n_samples": 3}, "vargrad": {"n_samples": 3},
+    "gradient": {},
+    "gradient_x_input": {},
+    "guided": {},
+    "deconvnet": {},
+    "integrated_gradients": {"steps": 4},
+    "smoothgrad": {"n_samples": 3},
+    "smoothgrad_sq": {"n_samples": 3},
+    "vargrad": {"n_samples": 3},
     "occlusion": {"window": 8, "stride": 8},
 }
 
@@ -306,7 +338,7 @@ def test_hugging_face_vit_with_backprop():
 # The CLI
 # --------------------------------------------------------------------------------------------
 
-DICT_MODELS = '''
+DICT_MODELS = """
 import torch
 from torch import nn
 
@@ -330,7 +362,7 @@ def tiny():
 
 def tiny_dict():
     return Dict(tiny())
-'''
+"""
 
 
 def test_cli_explain_on_a_model_returning_a_dict(capsys, tmp_path, monkeypatch):
@@ -345,10 +377,26 @@ def test_cli_explain_on_a_model_returning_a_dict(capsys, tmp_path, monkeypatch):
     try:
         for spec in ("tiny", "tiny_dict"):
             out_dir = tmp_path / spec
-            code, out, err = call(capsys, "explain", COFFEE, CHELSEA, "--model",
-                                  f"clidictmodels:{spec}", "--size", "24", "--method",
-                                  "gradient", "--method", "occlusion", "--target", "3",
-                                  "--format", "npy", "-o", str(out_dir))
+            code, out, err = call(
+                capsys,
+                "explain",
+                COFFEE,
+                CHELSEA,
+                "--model",
+                f"clidictmodels:{spec}",
+                "--size",
+                "24",
+                "--method",
+                "gradient",
+                "--method",
+                "occlusion",
+                "--target",
+                "3",
+                "--format",
+                "npy",
+                "-o",
+                str(out_dir),
+            )
             assert code == 0, err
             outs[spec] = (top5_lines(out), {p.name: np.load(p) for p in out_dir.iterdir()})
     finally:
@@ -370,8 +418,19 @@ def test_cli_report_on_a_model_returning_a_dict(capsys, tmp_path, monkeypatch):
     sys.modules.pop("clidictmodels", None)
     try:
         target = tmp_path / "report.html"
-        code, _, err = call(capsys, "report", COFFEE, "--model", "clidictmodels:tiny_dict",
-                            "--methods", "gradient,gradcam", "--size", "24", "-o", str(target))
+        code, _, err = call(
+            capsys,
+            "report",
+            COFFEE,
+            "--model",
+            "clidictmodels:tiny_dict",
+            "--methods",
+            "gradient,gradcam",
+            "--size",
+            "24",
+            "-o",
+            str(target),
+        )
     finally:
         sys.modules.pop("clidictmodels", None)
     assert code == 0, err

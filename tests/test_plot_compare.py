@@ -16,8 +16,13 @@ def net(seed: int, classes: int = 4) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, classes),
         )
 
 
@@ -31,15 +36,24 @@ def test_grid_has_one_column_per_method_and_model(batch, tmp_path):
     models = {"pretrained": net(0, classes=10), "fine-tuned": net(1)}
     out = tmp_path / "cmp.png"
     fig = compare_models(
-        models, x, target={"pretrained": None, "fine-tuned": y}, methods=["gradient", "gradcam"],
-        masks=m, class_names={"pretrained": None, "fine-tuned": SyntheticLocalization.classes},
+        models,
+        x,
+        target={"pretrained": None, "fine-tuned": y},
+        methods=["gradient", "gradcam"],
+        masks=m,
+        class_names={"pretrained": None, "fine-tuned": SyntheticLocalization.classes},
         save_path=out,
     )
     axes = fig.get_axes()
     assert len(axes) == 2 * (1 + 2 * 2)
     titles = [ax.get_title() for ax in axes[:5]]
-    assert titles == ["input", "gradient\npretrained", "gradient\nfine-tuned",
-                      "gradcam\npretrained", "gradcam\nfine-tuned"]
+    assert titles == [
+        "input",
+        "gradient\npretrained",
+        "gradient\nfine-tuned",
+        "gradcam\npretrained",
+        "gradcam\nfine-tuned",
+    ]
     # The fine-tuned model was asked about the true labels, named by the dataset's classes.
     assert axes[2].get_xlabel().startswith("pred: ") and "energy" in axes[2].get_xlabel()
     assert out.exists() and out.stat().st_size > 1000

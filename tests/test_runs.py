@@ -64,14 +64,35 @@ def folder(tmp_path_factory) -> Path:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", "flashtorch", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env or _env(), cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "flashtorch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or _env(),
+        cwd=ROOT,
+    )
 
 
 def _run_args(folder: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", str(folder), "--method", ",".join(METHODS), "--out", str(out), "--model",
-            "tests._runs_model:tiny", "--size", str(SIZE), "--batch-size", "4",
-            "--workers", "0", "-q", *extra]
+    return [
+        "run",
+        str(folder),
+        "--method",
+        ",".join(METHODS),
+        "--out",
+        str(out),
+        "--model",
+        "tests._runs_model:tiny",
+        "--size",
+        str(SIZE),
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "-q",
+        *extra,
+    ]
 
 
 def _maps(out: Path) -> dict[str, np.ndarray]:
@@ -81,8 +102,16 @@ def _maps(out: Path) -> dict[str, np.ndarray]:
 
 def _clean_run(folder: Path, out: Path) -> None:
     """The same run as ``_run_args`` describes, in this process (the model from its spec)."""
-    flashtorch.run("tests._runs_model:tiny", folder, METHODS, out=out, size=SIZE,
-                   batch_size=4, num_workers=0, progress=False)
+    flashtorch.run(
+        "tests._runs_model:tiny",
+        folder,
+        METHODS,
+        out=out,
+        size=SIZE,
+        batch_size=4,
+        num_workers=0,
+        progress=False,
+    )
 
 
 def _frame(out: Path):
@@ -106,8 +135,9 @@ def test_folder_run_equals_direct_attribute_calls(folder, tmp_path):
     model.train()  # the run explains in eval mode and must hand the model back in train mode
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "run"
-    summary = flashtorch.run(model, folder, METHODS, out=out, size=SIZE, batch_size=8,
-                             num_workers=2, progress=False)
+    summary = flashtorch.run(
+        model, folder, METHODS, out=out, size=SIZE, batch_size=8, num_workers=2, progress=False
+    )
     assert model.training
     assert not model._forward_hooks and not model._forward_pre_hooks
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
@@ -116,8 +146,10 @@ def test_folder_run_equals_direct_attribute_calls(folder, tmp_path):
     assert (summary.images, summary.ok, summary.errors, summary.complete) == (31, 30, 1, True)
     run = open_run(out)
     frame = run.manifest
-    files = sorted((p for p in folder.rglob("*") if p.suffix in (".png", ".jpg")),
-                   key=lambda p: p.relative_to(folder).as_posix())
+    files = sorted(
+        (p for p in folder.rglob("*") if p.suffix in (".png", ".jpg")),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
     assert list(frame["path"]) == [p.relative_to(folder).as_posix() for p in files]
     assert list(frame["index"]) == list(range(31))
     bad = frame[frame["status"] == "error"]
@@ -138,12 +170,14 @@ def test_folder_run_equals_direct_attribute_calls(folder, tmp_path):
         assert (row.width, row.height) == image.size
         side = min(image.size)  # the centre crop of the shorter side, in original pixels
         assert row.crop_width == pytest.approx(side, abs=1) and row.crop_height == pytest.approx(
-            side, abs=1)
+            side, abs=1
+        )
         for method in METHODS:
             expected = attribute(model, x, method=method).maps[0].numpy()
             # a batch of 8 against a batch of 1: float32 rounding of the convolutions
-            np.testing.assert_allclose(run.map(method, row.index), expected, rtol=1e-5,
-                                       atol=1e-5 * np.abs(expected).max())
+            np.testing.assert_allclose(
+                run.map(method, row.index), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max()
+            )
             assert getattr(row, f"seconds_{method}") > 0
     assert np.isfinite(frame.loc[frame["status"] == "ok", "agreement"]).all()
 
@@ -169,23 +203,33 @@ def test_dataset_source_float16_and_item_targets(tmp_path):
     model, data = tiny(), Items()
     x_before = data.x.clone()
     out = tmp_path / "ds"
-    flashtorch.run(model, data, {"gradient": {}, "gradcam": {}}, out=out, target="column",
-                   dtype="float16", batch_size=4, num_workers=0, progress=False)
+    flashtorch.run(
+        model,
+        data,
+        {"gradient": {}, "gradcam": {}},
+        out=out,
+        target="column",
+        dtype="float16",
+        batch_size=4,
+        num_workers=0,
+        progress=False,
+    )
     assert torch.equal(data.x, x_before)  # the caller's tensors are never modified
     run = open_run(out)
     frame = run.manifest
     assert list(frame["status"]) == ["ok"] * 3 + ["error"] + ["ok"] * 5
     assert "disk read failed" in frame["error"][3]
     assert list(frame.loc[frame["status"] == "ok", "target"]) == [
-        t for i, t in enumerate(data.t) if i != 3]
+        t for i, t in enumerate(data.t) if i != 3
+    ]
     assert run.maps["gradient"].dtype == np.float16
     for i in (0, 4, 8):
         for method in ("gradient", "gradcam"):
-            expected = attribute(model, data.x[i : i + 1], target=data.t[i],
-                                 method=method).maps[0].numpy()
+            expected = (
+                attribute(model, data.x[i : i + 1], target=data.t[i], method=method).maps[0].numpy()
+            )
             got = run.map(method, i).astype(np.float32)
-            np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3 * np.abs(
-                expected).max())
+            np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())
     assert not run.map("gradient", 3).any()  # an error row has no map (the fill value)
 
 
@@ -194,22 +238,48 @@ def test_list_file_targets_and_folder_class_names(folder, tmp_path):
     listing = tmp_path / "list with spaces.csv"
     paths = sorted(folder.rglob("*.png"))[:5]
     listing.write_text("path,target\n" + "".join(f"{p},{i % 5}\n" for i, p in enumerate(paths)))
-    flashtorch.run(model, listing, ["gradient"], out=tmp_path / "l", target="column",
-                   size=SIZE, num_workers=0, progress=False)
+    flashtorch.run(
+        model,
+        listing,
+        ["gradient"],
+        out=tmp_path / "l",
+        target="column",
+        size=SIZE,
+        num_workers=0,
+        progress=False,
+    )
     frame = open_run(tmp_path / "l").manifest
     assert list(frame["target"]) == [i % 5 for i in range(5)]
     assert list(frame["path"]) == [str(p) for p in paths]
 
     names = ["class a", "class b", "z last", "d", "e"]
-    flashtorch.run(model, folder, ["gradient"], out=tmp_path / "f", target="folder",
-                   class_names=names, size=SIZE, num_workers=0, progress=False)
+    flashtorch.run(
+        model,
+        folder,
+        ["gradient"],
+        out=tmp_path / "f",
+        target="folder",
+        class_names=names,
+        size=SIZE,
+        num_workers=0,
+        progress=False,
+    )
     frame = open_run(tmp_path / "f").manifest
     ok = frame[frame["status"] == "ok"]
     assert list(ok["target_name"]) == [p.split("/")[0] for p in ok["path"]]
 
     with pytest.raises(TargetError, match="'z last'"):  # one clear error before any work
-        flashtorch.run(model, folder, ["gradient"], out=tmp_path / "g", target="folder",
-                       class_names=names[:2], size=SIZE, num_workers=0, progress=False)
+        flashtorch.run(
+            model,
+            folder,
+            ["gradient"],
+            out=tmp_path / "g",
+            target="folder",
+            class_names=names[:2],
+            size=SIZE,
+            num_workers=0,
+            progress=False,
+        )
     assert not (tmp_path / "g").exists()
 
 
@@ -245,16 +315,30 @@ def _main(capsys, *args: str) -> tuple[int, str]:
 def test_cli_refuses_a_changed_command_in_one_line(folder, tmp_path, capsys):
     out = tmp_path / "run"
     _clean_run(folder, out)
-    code, err = _main(capsys, "run", str(folder), "--method", "gradient", "--out", str(out),
-                      "--model", "tests._runs_model:tiny", "--size", str(SIZE), "--workers",
-                      "0", "-q")
+    code, err = _main(
+        capsys,
+        "run",
+        str(folder),
+        "--method",
+        "gradient",
+        "--out",
+        str(out),
+        "--model",
+        "tests._runs_model:tiny",
+        "--size",
+        str(SIZE),
+        "--workers",
+        "0",
+        "-q",
+    )
     assert code == 2
     assert err.count("\n") == 1 and "holds a run made with other settings" in err
     assert "--overwrite" in err and "Traceback" not in err
     code, err = _main(capsys, "run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert code == 2 and err.startswith("flashtorch: error: no folder")
-    code, err = _main(capsys, "report", "--run", str(tmp_path / "nowhere"), "-o",
-                      str(tmp_path / "r.html"))
+    code, err = _main(
+        capsys, "report", "--run", str(tmp_path / "nowhere"), "-o", str(tmp_path / "r.html")
+    )
     assert code == 2 and "holds no run" in err and err.count("\n") == 1
 
 
@@ -274,8 +358,11 @@ def test_sigkill_mid_run_then_rerun_completes_exactly(folder, tmp_path):
     assert "computed 19 in" in proc.stdout and "12 from an earlier run" in proc.stdout
     frame = _frame(killed)
     assert list(frame["index"]) == list(range(31))
-    records = [json.loads(line) for log in (killed / "progress").glob("*.jsonl")
-               for line in log.read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for log in (killed / "progress").glob("*.jsonl")
+        for line in log.read_text().splitlines()
+    ]
     assert sorted(r["index"] for r in records) == list(range(31))  # every index exactly once
     assert frame.equals(_frame(clean))
     for method, arr in _maps(clean).items():
@@ -285,16 +372,16 @@ def test_sigkill_mid_run_then_rerun_completes_exactly(folder, tmp_path):
 def test_torn_progress_line_is_recomputed(folder, tmp_path):
     out = tmp_path / "run"
     model = tiny()
-    flashtorch.run(model, folder, ["gradient"], out=out, size=SIZE, num_workers=0,
-                   progress=False)
+    flashtorch.run(model, folder, ["gradient"], out=out, size=SIZE, num_workers=0, progress=False)
     expected = np.asarray(open_run(out).maps["gradient"][:])
     log = next((out / "progress").glob("*.jsonl"))
     lines = log.read_bytes().split(b"\n")
     log.write_bytes(b"\n".join(lines[:29]) + b"\n" + lines[29][:10])  # a torn last line
     (out / "manifest.parquet").unlink()
     open_run(out).maps["gradient"]  # noqa: B018
-    summary = flashtorch.run(model, folder, ["gradient"], out=out, size=SIZE, num_workers=0,
-                             progress=False)
+    summary = flashtorch.run(
+        model, folder, ["gradient"], out=out, size=SIZE, num_workers=0, progress=False
+    )
     assert summary.computed == 2 and summary.complete
     np.testing.assert_array_equal(np.asarray(open_run(out).maps["gradient"][:]), expected)
 
@@ -328,10 +415,18 @@ def test_missing_extra_names_the_pip_command(monkeypatch, folder, tmp_path, caps
 
 
 def _torchrun(*args: str, nproc: int = 2, restarts: int = 0, env=None):
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}",
-           f"--max-restarts={restarts}", "-m", "flashtorch", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env or _env(),
-                          cwd=ROOT)
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={restarts}",
+        "-m",
+        "flashtorch",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env=env or _env(), cwd=ROOT
+    )
 
 
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
@@ -356,8 +451,9 @@ def test_torchrun_two_processes_equal_one(folder, tmp_path):
 def test_torchrun_rank_failure_is_survived_with_max_restarts(folder, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _clean_run(folder, one)
-    proc = _torchrun(*_run_args(folder, two), restarts=1,
-                     env=_env(FLASHTORCH_RUNS_FAULT="1:1:raise"))
+    proc = _torchrun(
+        *_run_args(folder, two), restarts=1, env=_env(FLASHTORCH_RUNS_FAULT="1:1:raise")
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "injected failure" in proc.stderr  # rank 1 did fail once
     assert _frame(two).equals(_frame(one))
@@ -397,8 +493,9 @@ print(seen[0], seen[1])
 @pytest.mark.slow
 def test_memory_stays_flat(tmp_path):
     code = MEMORY_SCRIPT.format(root=str(ROOT), out=str(tmp_path / "mem"))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_env(), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     at_200, at_2000 = map(int, proc.stdout.split())
     assert at_2000 <= 1.10 * at_200, (at_200, at_2000)

@@ -24,9 +24,17 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runrep")
     folder = make_folder(root / "photos", n=14)
     out = root / "run"
-    flashtorch.run(tiny(), folder, ["gradient", "gradcam"], out=out, size=48,
-                   metrics=["deletion", "insertion"], metric_step=0.25, num_workers=0,
-                   progress=False)
+    flashtorch.run(
+        tiny(),
+        folder,
+        ["gradient", "gradcam"],
+        out=out,
+        size=48,
+        metrics=["deletion", "insertion"],
+        metric_step=0.25,
+        num_workers=0,
+        progress=False,
+    )
     return out
 
 
@@ -34,8 +42,9 @@ def test_sample_picks_most_and_least_confident_and_disagreement(run_dir):
     run = open_run(run_dir)
     picked = pick_sample(run, per_group=2)
     groups = [g for g, _ in picked]
-    assert groups == ["most confident"] * 2 + ["least confident"] * 2 + [
-        "methods disagree most"] * 2
+    assert (
+        groups == ["most confident"] * 2 + ["least confident"] * 2 + ["methods disagree most"] * 2
+    )
     ok = run.manifest[run.manifest["status"] == "ok"]
     top = ok.sort_values("score", ascending=False)["index"].tolist()
     assert [i for g, i in picked if g == "most confident"] == top[:2]
@@ -46,8 +55,7 @@ def test_sample_picks_most_and_least_confident_and_disagreement(run_dir):
 
 
 def test_report_html_holds_the_aggregate_and_a_bounded_sample(run_dir):
-    html = build_run_report(run_dir, command="flashtorch report --run x -o r.html",
-                            title="a <run>")
+    html = build_run_report(run_dir, command="flashtorch report --run x -o r.html", title="a <run>")
     run = open_run(run_dir)
     ok = run.manifest[run.manifest["status"] == "ok"]
     assert "Aggregate over the run" in html and "deletion AUC" in html
@@ -60,8 +68,9 @@ def test_report_html_holds_the_aggregate_and_a_bounded_sample(run_dir):
     assert not re.search(r"(src|href)=\"https?:", html)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                    "(bash .ci/install_browser.sh installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (bash .ci/install_browser.sh installs it)"
+)
 def test_run_report_renders_in_headless_chromium(run_dir, tmp_path, capsys):
     from playwright.sync_api import sync_playwright
 
@@ -79,8 +88,7 @@ def test_run_report_renders_in_headless_chromium(run_dir, tmp_path, capsys):
             log = PageLog(page, url)
             page.goto(url, wait_until="load")
             images = page.evaluate(
-                "Array.from(document.images).map(i => ({complete: i.complete, "
-                "w: i.naturalWidth}))"
+                "Array.from(document.images).map(i => ({complete: i.complete, w: i.naturalWidth}))"
             )
             assert images and all(i["complete"] and i["w"] > 0 for i in images), images
             assert page.locator("table.aggregate tbody tr").count() == 2

@@ -88,8 +88,9 @@ def _reference(model, x, target, rule):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("method,rule", [("gradient", "plain"), ("guided", "guided"),
-                                         ("deconvnet", "deconvnet")])
+@pytest.mark.parametrize(
+    "method,rule", [("gradient", "plain"), ("guided", "guided"), ("deconvnet", "deconvnet")]
+)
 def test_rules_match_independent_reference_for_every_rectifier(kind, method, rule):
     torch.manual_seed(0)
     model = KindNet(kind).eval()
@@ -132,8 +133,8 @@ def test_batch_equals_singles(tiny_cnn, method):
     targets = [2, 0, 4]
     batch = attribute(tiny_cnn, x, target=targets, method=method).maps
     for i in range(3):
-        single = attribute(tiny_cnn, x[i:i + 1], target=targets[i], method=method).maps
-        assert torch.allclose(batch[i:i + 1], single, atol=1e-7)
+        single = attribute(tiny_cnn, x[i : i + 1], target=targets[i], method=method).maps
+        assert torch.allclose(batch[i : i + 1], single, atol=1e-7)
 
 
 def test_default_target_is_prediction(tiny_cnn):
@@ -199,10 +200,17 @@ def test_input_errors(tiny_cnn):
         attribute(tiny_cnn, [[1.0]])
 
 
-@pytest.mark.parametrize("bad,match", [(5, "out of range.*0..4"), (-1, "out of range"),
-                                       ([1, 2, 3], "3 targets for a batch of 2"),
-                                       (torch.tensor([0.5]), "integer"), (True, "class index"),
-                                       ("tabby", "1000 outputs")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (5, "out of range.*0..4"),
+        (-1, "out of range"),
+        ([1, 2, 3], "3 targets for a batch of 2"),
+        (torch.tensor([0.5]), "integer"),
+        (True, "class index"),
+        ("tabby", "1000 outputs"),
+    ],
+)
 def test_target_errors(tiny_cnn, bad, match):
     with pytest.raises(TargetError, match=match):
         attribute(tiny_cnn, torch.randn(2, 3, 12, 12), target=bad, method="gradient")

@@ -60,8 +60,12 @@ def reference_maps(base_cls, model, x, target, n, noise, seed):
     return torch.stack(maps)  # (n, B, C, H, W)
 
 
-BASES = {"gradient": Gradient, "guided": GuidedBackprop, "gradient_x_input": GradientXInput,
-         "deconvnet": Deconvnet}
+BASES = {
+    "gradient": Gradient,
+    "guided": GuidedBackprop,
+    "gradient_x_input": GradientXInput,
+    "deconvnet": Deconvnet,
+}
 
 
 @pytest.mark.parametrize("base", list(BASES))
@@ -117,8 +121,11 @@ def test_vargrad_of_a_constant_gradient_is_exactly_zero():
 
 def test_noise_zero_gives_the_base_map(model, x):
     base = GuidedBackprop(model)(x, target=3).maps
-    for variant, expected in [("mean", base), ("squared", base**2),
-                              ("vargrad", torch.zeros_like(base))]:
+    for variant, expected in [
+        ("mean", base),
+        ("squared", base**2),
+        ("vargrad", torch.zeros_like(base)),
+    ]:
         got = SmoothGrad(model, base="guided", n_samples=4, noise=0.0, variant=variant)(x, 3)
         torch.testing.assert_close(got.maps, expected, rtol=1e-5, atol=1e-8)
 
@@ -160,8 +167,9 @@ def test_sigma_is_a_fraction_of_each_images_range(model, x):
 @pytest.mark.parametrize("variant", ["mean", "squared", "vargrad"])
 def test_internal_batch_size_does_not_change_the_result(model, x, variant):
     results = [
-        SmoothGrad(model, n_samples=7, noise=0.2, seed=5, variant=variant,
-                   internal_batch_size=size)(x, 2).maps
+        SmoothGrad(
+            model, n_samples=7, noise=0.2, seed=5, variant=variant, internal_batch_size=size
+        )(x, 2).maps
         for size in (1, 2, 5, 21, None)
     ]
     for other in results[1:]:
@@ -181,7 +189,11 @@ def test_peak_batch_is_the_internal_batch_not_n_samples(model, x):
 def test_wrapping_integrated_gradients_respects_the_memory_bound(model, x):
     with BatchSpy(model) as spy:
         result = SmoothGrad(
-            model, base="integrated_gradients", n_samples=3, noise=0.1, internal_batch_size=4,
+            model,
+            base="integrated_gradients",
+            n_samples=3,
+            noise=0.1,
+            internal_batch_size=4,
             base_options={"steps": 5},
         )(x, 1)
     assert max(spy.sizes) <= 4
@@ -191,10 +203,11 @@ def test_wrapping_integrated_gradients_respects_the_memory_bound(model, x):
 @pytest.mark.parametrize("variant", ["mean", "vargrad"])
 def test_a_batch_equals_single_calls_with_the_same_seed(model, x, variant):
     # one draw per sample, shared by the batch: an image's map does not depend on its batch
-    sg = SmoothGrad(model, base="guided", n_samples=5, noise=0.2, seed=3, variant=variant,
-                    internal_batch_size=4)
+    sg = SmoothGrad(
+        model, base="guided", n_samples=5, noise=0.2, seed=3, variant=variant, internal_batch_size=4
+    )
     batch = sg(x, target=[0, 2, 4]).maps
-    singles = torch.cat([sg(x[i:i + 1], target=t).maps for i, t in enumerate([0, 2, 4])])
+    singles = torch.cat([sg(x[i : i + 1], target=t).maps for i, t in enumerate([0, 2, 4])])
     torch.testing.assert_close(batch, singles, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(batch[0], batch[1])  # different images, different maps
 

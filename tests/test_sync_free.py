@@ -20,8 +20,18 @@ from .conftest import small_cnn
 
 #: tensor functions that hand a device value to the host, or (``tensor``, ``as_tensor``) copy
 #: host data to the device, which on a GPU also waits for the queued work
-READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero",
-         "masked_select", "tensor", "as_tensor"}
+READS = {
+    "item",
+    "tolist",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "nonzero",
+    "masked_select",
+    "tensor",
+    "as_tensor",
+}
 
 
 class HostReads(TorchFunctionMode):
@@ -54,18 +64,25 @@ def _bool_index(args: tuple) -> bool:
 
 
 CASES = [
-    ("gradient", {}), ("gradient_x_input", {}), ("guided", {}), ("deconvnet", {}),
+    ("gradient", {}),
+    ("gradient_x_input", {}),
+    ("guided", {}),
+    ("deconvnet", {}),
     ("integrated_gradients", {"steps": 4, "internal_batch_size": 3}),
     ("integrated_gradients", {"steps": 4, "rule": "trapezoid", "clean_pass": False}),
-    ("integrated_gradients", {"steps": 3, "rule": "riemann_right", "clean_pass": False,
-                              "internal_batch_size": 2}),
+    (
+        "integrated_gradients",
+        {"steps": 3, "rule": "riemann_right", "clean_pass": False, "internal_batch_size": 2},
+    ),
     ("smoothgrad", {"n_samples": 3, "internal_batch_size": 4}),
     ("smoothgrad", {"n_samples": 3, "clean_pass": False}),
     ("vargrad", {"n_samples": 3, "internal_batch_size": 4}),
-    ("smoothgrad", {"n_samples": 2, "base": "integrated_gradients",
-                    "base_options": {"steps": 3}}),
+    ("smoothgrad", {"n_samples": 2, "base": "integrated_gradients", "base_options": {"steps": 3}}),
     ("occlusion", {"window": 8, "stride": 8}),
-    ("gradcam", {}), ("gradcam_pp", {}), ("layercam", {}), ("guided_gradcam", {}),
+    ("gradcam", {}),
+    ("gradcam_pp", {}),
+    ("layercam", {}),
+    ("guided_gradcam", {}),
     ("scorecam", {"internal_batch_size": 4}),
 ]
 
@@ -74,10 +91,14 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("target", [torch.tensor([1, 3, 0]), [1, 3, 0], 2, None],
-                         ids=["tensor", "list", "int", "predicted"])
-@pytest.mark.parametrize(("name", "options"), CASES, ids=[f"{n}{i}" for i, (n, _) in
-                                                          enumerate(CASES)])
+@pytest.mark.parametrize(
+    "target",
+    [torch.tensor([1, 3, 0]), [1, 3, 0], 2, None],
+    ids=["tensor", "list", "int", "predicted"],
+)
+@pytest.mark.parametrize(
+    ("name", "options"), CASES, ids=[f"{n}{i}" for i, (n, _) in enumerate(CASES)]
+)
 def test_no_host_read_after_the_forward_pass_starts(name, options, target, device, monkeypatch):
     # The maps' guard (all zero / non-finite) reads the maps once at the end of a call, and
     # only maps on the CPU (test_guards.py checks that it reads nothing for maps left on a

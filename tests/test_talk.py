@@ -16,20 +16,20 @@ def test_demo_1_and_2_run_as_shown(pretrained, image_dir, capsys):
     image = load_image(str(image_dir / "chelsea.jpg"))
 
     plt.imshow(image)
-    plt.title('Original image')
-    plt.axis('off');  # noqa: E703
+    plt.title("Original image")
+    plt.axis("off")  # noqa: E703
 
     # In [3]
     from flashtorch.utils import apply_transforms, denormalize, format_for_plotting
 
     input_ = apply_transforms(image)
 
-    print(f'Before: {type(image)}')
-    print(f'After: {type(input_)}, {input_.shape}')
+    print(f"Before: {type(image)}")
+    print(f"After: {type(input_)}, {input_.shape}")
 
     plt.imshow(format_for_plotting(denormalize(input_)))
-    plt.title('Input tensor')
-    plt.axis('off');  # noqa: E703
+    plt.title("Input tensor")
+    plt.axis("off")  # noqa: E703
 
     # In [4]
     from flashtorch.saliency import Backprop
@@ -42,9 +42,9 @@ def test_demo_1_and_2_run_as_shown(pretrained, image_dir, capsys):
     from flashtorch.utils import ImageNetIndex
 
     imagenet = ImageNetIndex()
-    target_class = imagenet['great grey owl']
+    target_class = imagenet["great grey owl"]
 
-    print(f'Traget class index: {target_class}')
+    print(f"Traget class index: {target_class}")
 
     with pytest.warns(UserWarning, match="does not equal the target class"):
         gradients = backprop.calculate_gradients(input_, target_class)
@@ -60,11 +60,12 @@ def test_demo_1_and_2_run_as_shown(pretrained, image_dir, capsys):
     fig = visualize(input_, gradients, max_gradients)
 
     # In [7] - guided backprop, now for the class in the photo
-    target_class = imagenet['tabby']
+    target_class = imagenet["tabby"]
     guided_gradients = backprop.calculate_gradients(input_, target_class, guided=True)
 
-    max_guided_gradients = backprop.calculate_gradients(input_, target_class, take_max=True,
-                                                        guided=True)
+    max_guided_gradients = backprop.calculate_gradients(
+        input_, target_class, take_max=True, guided=True
+    )
 
     fig2 = visualize(input_, guided_gradients, max_guided_gradients)
     plt.close("all")
@@ -104,8 +105,10 @@ def test_pyplot_not_imported_by_package():
     import subprocess
     import sys
 
-    code = ("import sys, flashtorch, flashtorch.utils, flashtorch.saliency; "
-            "print('matplotlib.pyplot' in sys.modules)")
+    code = (
+        "import sys, flashtorch, flashtorch.utils, flashtorch.saliency; "
+        "print('matplotlib.pyplot' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -113,8 +116,9 @@ def test_pyplot_not_imported_by_package():
 def test_pretrained_predictions(pretrained, image_dir):
     from flashtorch.utils import apply_transforms, load_image
 
-    x = apply_transforms([load_image(image_dir / "coffee.jpg"),
-                          load_image(image_dir / "chelsea.jpg")])
+    x = apply_transforms(
+        [load_image(image_dir / "coffee.jpg"), load_image(image_dir / "chelsea.jpg")]
+    )
     with torch.no_grad():
         top1 = pretrained(x).argmax(1).tolist()
     assert top1[0] == 967  # espresso

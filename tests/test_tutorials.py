@@ -34,14 +34,18 @@ def test_image_handling(tmp_path, capsys):
     assert "torch.Size([1, 3, 299, 299])" in out
 
 
-needs_pretrained = pytest.mark.skipif(not has_pretrained(),
-                                      reason="the 'pretrained' extra is not installed")
+needs_pretrained = pytest.mark.skipif(
+    not has_pretrained(), reason="the 'pretrained' extra is not installed"
+)
 
 
 @needs_pretrained
 def test_saliency_with_backprop_first_photo(tmp_path, recwarn):
-    _pngs(_main("tutorial_saliency_backprop")(["--out", str(tmp_path), "--photos", "1"]), 1,
-          min_width=800)
+    _pngs(
+        _main("tutorial_saliency_backprop")(["--out", str(tmp_path), "--photos", "1"]),
+        1,
+        min_width=800,
+    )
     assert not [w for w in recwarn if "predicted class" in str(w.message)]  # target = prediction
 
 
@@ -54,10 +58,14 @@ def test_saliency_with_backprop(tmp_path, recwarn):
 
 def test_torchvision_models_small(tmp_path):
     paths = _main("tutorial_torchvision_models")(
-        ["--out", str(tmp_path), "--models", "alexnet,squeezenet1_1,inception_v3", "--size", "96"])
+        ["--out", str(tmp_path), "--models", "alexnet,squeezenet1_1,inception_v3", "--size", "96"]
+    )
     _pngs(paths, 3)
-    assert [p.name for p in paths] == ["torchvision_alexnet.png", "torchvision_squeezenet1_1.png",
-                                       "torchvision_inception_v3.png"]
+    assert [p.name for p in paths] == [
+        "torchvision_alexnet.png",
+        "torchvision_squeezenet1_1.png",
+        "torchvision_inception_v3.png",
+    ]
 
 
 @pytest.mark.slow
@@ -67,7 +75,8 @@ def test_torchvision_models_all(tmp_path):
 
 def test_activation_maximization_small(tmp_path, capsys):
     paths = _main("tutorial_activation_maximization")(
-        ["--out", str(tmp_path), "--img-size", "32", "--num-iter", "1", "--layers", "conv1_2"])
+        ["--out", str(tmp_path), "--img-size", "32", "--num-iter", "1", "--layers", "conv1_2"]
+    )
     _pngs(paths, 4, min_width=100)
     out = capsys.readouterr().out
     assert "num_iter: 1\noptimized image: torch.Size([1, 3, 32, 32])" in out
@@ -76,5 +85,6 @@ def test_activation_maximization_small(tmp_path, capsys):
 @pytest.mark.slow
 def test_activation_maximization_all_layers(tmp_path):
     paths = _main("tutorial_activation_maximization")(
-        ["--out", str(tmp_path), "--img-size", "64", "--num-iter", "2"])
+        ["--out", str(tmp_path), "--img-size", "64", "--num-iter", "2"]
+    )
     _pngs(paths, 8, min_width=100)

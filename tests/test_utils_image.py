@@ -24,8 +24,13 @@ def test_load_image_from_path_pil_bytes_fileobj(tmp_path):
     arr = _rgb()
     path = tmp_path / "x.png"
     Image.fromarray(arr).save(path)
-    for src in (path, str(path), path.read_bytes(), io.BytesIO(path.read_bytes()),
-                Image.fromarray(arr)):
+    for src in (
+        path,
+        str(path),
+        path.read_bytes(),
+        io.BytesIO(path.read_bytes()),
+        Image.fromarray(arr),
+    ):
         im = load_image(src)
         assert im.mode == "RGB" and im.size == (40, 30)
         assert np.array_equal(np.asarray(im), arr)
@@ -37,7 +42,7 @@ def test_load_image_numpy_hwc_chw_float_and_16bit():
     assert np.array_equal(np.asarray(load_image(arr.transpose(2, 0, 1))), arr)
     f = load_image(arr.astype(np.float32) / 255)
     assert np.abs(np.asarray(f).astype(int) - arr).max() <= 1
-    sixteen = (arr.astype(np.uint16) * 257)
+    sixteen = arr.astype(np.uint16) * 257
     assert np.abs(np.asarray(load_image(sixteen)).astype(int) - arr).max() <= 1
     gray = load_image(arr[..., 0])
     assert gray.mode == "RGB" and np.array_equal(np.asarray(gray)[..., 1], arr[..., 0])
@@ -85,7 +90,8 @@ def test_apply_transforms_shape_values_and_batch():
     x = apply_transforms(arr)
     assert x.shape == (1, 3, 224, 224) and x.dtype == torch.float32
     expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
-        [0.229, 0.224, 0.225])
+        [0.229, 0.224, 0.225]
+    )
     assert torch.allclose(x[0, :, 100, 100], expected, atol=1e-5)
     b = apply_transforms([arr, _rgb(300, 260)], size=64)
     assert b.shape == (2, 3, 64, 64)
@@ -143,12 +149,19 @@ def test_format_for_plotting():
 
 def _torchvision_pipeline(size):
     T = pytest.importorskip("torchvision.transforms")
-    return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return T.Compose(
+        [
+            T.Resize(size),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
 
 
-@pytest.mark.parametrize("hw", [(445, 502), (502, 445), (229, 231), (225, 1000), (100, 50),
-                                (300, 300), (224, 300)])
+@pytest.mark.parametrize(
+    "hw", [(445, 502), (502, 445), (229, 231), (225, 1000), (100, 50), (300, 300), (224, 300)]
+)
 @pytest.mark.parametrize("size", [224, 299, 64])
 def test_apply_transforms_equals_torchvision_exactly(hw, size):
     from PIL import Image

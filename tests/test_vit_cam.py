@@ -103,8 +103,13 @@ def hf_vit() -> nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
-        intermediate_size=96, num_labels=10,
+        image_size=32,
+        patch_size=8,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=96,
+        num_labels=10,
     )
     return transformers.ViTForImageClassification(config).eval()
 
@@ -113,23 +118,47 @@ def tiny_vit() -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                             num_classes=5).eval()
+    return VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5
+    ).eval()
 
 
 # (id, builder, input (B, H, W), default layer, layout, pgc reshape_transform)
 CASES = [
-    ("timm_vit_tiny", timm_vit, (2, 96, 96), "blocks.11.norm1", "tokens 1+6x6",
-     tokens_to_map(1, 6, 6)),
-    ("timm_deit_distilled", timm_deit, (2, 96, 96), "blocks.11.norm1", "tokens 2+6x6",
-     tokens_to_map(2, 6, 6)),
-    ("timm_vit_reg4", lambda: timm_vit(reg_tokens=4), (2, 96, 96), "blocks.11.norm1",
-     "tokens 5+6x6", tokens_to_map(5, 6, 6)),
+    (
+        "timm_vit_tiny",
+        timm_vit,
+        (2, 96, 96),
+        "blocks.11.norm1",
+        "tokens 1+6x6",
+        tokens_to_map(1, 6, 6),
+    ),
+    (
+        "timm_deit_distilled",
+        timm_deit,
+        (2, 96, 96),
+        "blocks.11.norm1",
+        "tokens 2+6x6",
+        tokens_to_map(2, 6, 6),
+    ),
+    (
+        "timm_vit_reg4",
+        lambda: timm_vit(reg_tokens=4),
+        (2, 96, 96),
+        "blocks.11.norm1",
+        "tokens 5+6x6",
+        tokens_to_map(5, 6, 6),
+    ),
     ("timm_swin_tiny", timm_swin, (1, 224, 224), "norm", "nhwc 7x7", nhwc_to_map),
-    ("torchvision_vit_b_16", tv_vit, (2, 64, 64), "encoder.layers.encoder_layer_11.ln_1",
-     "tokens 1+4x4", tokens_to_map(1, 4, 4)),
-    ("hf_vit", hf_vit, (2, 32, 32), "layernorm_before", "tokens 1+4x4",
-     tokens_to_map(1, 4, 4)),
+    (
+        "torchvision_vit_b_16",
+        tv_vit,
+        (2, 64, 64),
+        "encoder.layers.encoder_layer_11.ln_1",
+        "tokens 1+4x4",
+        tokens_to_map(1, 4, 4),
+    ),
+    ("hf_vit", hf_vit, (2, 32, 32), "layernorm_before", "tokens 1+4x4", tokens_to_map(1, 4, 4)),
 ]
 
 
@@ -139,8 +168,10 @@ HEAVY = {"timm_swin_tiny", "torchvision_vit_b_16"}
 
 @pytest.mark.parametrize(
     "build, shape, layer, layout, reshape",
-    [pytest.param(*c[1:], id=c[0], marks=[pytest.mark.slow] if c[0] in HEAVY else [])
-     for c in CASES],
+    [
+        pytest.param(*c[1:], id=c[0], marks=[pytest.mark.slow] if c[0] in HEAVY else [])
+        for c in CASES
+    ],
 )
 def test_gradcam_on_token_layers_equals_pytorch_grad_cam(build, shape, layer, layout, reshape):
     model = build()
@@ -195,8 +226,12 @@ def test_non_square_input_on_a_dynamic_img_size_vit():
     [
         ("gradcam_pp", "GradCAMPlusPlus", {"eps": 1e-6}, {}),
         ("layercam", "LayerCAM", {}, {}),
-        ("scorecam", "ScoreCAM", {"internal_batch_size": 64, "mask_align_corners": True},
-         {"batch_size": 64}),
+        (
+            "scorecam",
+            "ScoreCAM",
+            {"internal_batch_size": 64, "mask_align_corners": True},
+            {"batch_size": 64},
+        ),
     ],
 )
 def test_other_cams_follow_the_same_token_path(ours, theirs, options, attrs):
@@ -204,8 +239,9 @@ def test_other_cams_follow_the_same_token_path(ours, theirs, options, attrs):
     x = images(2, 32, seed=5)
     layer = "blocks.1.norm1"
     got = METHODS[ours](model, layer, **options)(x, target=[1, 4]).maps[:, 0]
-    ref = oracle(theirs, model, model.get_submodule(layer), x, [1, 4], tokens_to_map(1, 4, 4),
-                 **attrs)
+    ref = oracle(
+        theirs, model, model.get_submodule(layer), x, [1, 4], tokens_to_map(1, 4, 4), **attrs
+    )
     assert min(correlations(got, ref)) >= 0.99
 
 
@@ -218,7 +254,8 @@ def test_reshape_overrides_the_layout_and_is_checked():
     assert method.layer_layout is None
     # a per-head tensor, read by the caller's own rule: keys averaged over heads as a grid
     heads = cam.GradCAM(
-        model, "blocks.1.attn.k_norm",
+        model,
+        "blocks.1.attn.k_norm",
         reshape=lambda t: t.mean(1)[:, 1:].reshape(t.shape[0], 4, 4, -1).permute(0, 3, 1, 2),
     )
     assert heads(x, target=[0, 1]).maps.shape == (2, 1, 32, 32)
@@ -243,8 +280,14 @@ def test_layouts_of_explicit_layers_and_their_errors():
     with pytest.raises(LayerError, match=r"\(B, C, h, w\)"):
         cam.GradCAM(model, "head")(x, target=0)
     # a CNN that resizes its input keeps working on an explicit layer (PyTorch's convention)
-    net = nn.Sequential(nn.Upsample(size=(16, 16)), nn.Conv2d(3, 16, 3), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2)).eval()
+    net = nn.Sequential(
+        nn.Upsample(size=(16, 16)),
+        nn.Conv2d(3, 16, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 2),
+    ).eval()
     method = cam.GradCAM(net, "1")
     assert method(images(1, 20, 60), target=0).maps.shape == (1, 1, 20, 60)
     assert method.layer_layout.describe() == "nchw 14x14"
@@ -283,8 +326,11 @@ def _blocks(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("name", CAM_METHODS)
 def test_cams_on_transformers_restore_everything(name, layer, build):
     model = _prepared(build)
-    layer = None if layer is None else ("blocks.1.norm1" if hasattr(model, "blocks")
-                                        else "vit.layers.1.layernorm_before")
+    layer = (
+        None
+        if layer is None
+        else ("blocks.1.norm1" if hasattr(model, "blocks") else "vit.layers.1.layernorm_before")
+    )
     x = _user_input(32)
     before = x.detach().clone()
     snap = _snapshot(model)

@@ -183,13 +183,23 @@ class ModelState:
                 continue
             seen.add(id(module))
             params, buffers, children = module._parameters, module._buffers, module._modules
-            self._modules.append((weakref.ref(module), params, buffers, children, len(params),
-                                  len(buffers), tuple(map(id, children.values()))))
+            self._modules.append(
+                (
+                    weakref.ref(module),
+                    params,
+                    buffers,
+                    children,
+                    len(params),
+                    len(buffers),
+                    tuple(map(id, children.values())),
+                )
+            )
             for tensors in (params, buffers):
                 for name, t in tensors.items():
                     if t is not None:
                         self._tensors.append(
-                            (tensors, name, t, t._version if versions else 0, t.data_ptr()))
+                            (tensors, name, t, t._version if versions else 0, t.data_ptr())
+                        )
             stack.extend(c for c in children.values() if c is not None)
 
     def matches(self, model: nn.Module) -> bool:
@@ -198,15 +208,23 @@ class ModelState:
             return False
         for ref, params, buffers, children, n_params, n_buffers, child_ids in self._modules:
             module = ref()
-            if (module is None or module._parameters is not params
-                    or module._buffers is not buffers or module._modules is not children
-                    or len(params) != n_params or len(buffers) != n_buffers
-                    or tuple(map(id, children.values())) != child_ids):
+            if (
+                module is None
+                or module._parameters is not params
+                or module._buffers is not buffers
+                or module._modules is not children
+                or len(params) != n_params
+                or len(buffers) != n_buffers
+                or tuple(map(id, children.values())) != child_ids
+            ):
                 return False
         versions = self._versions
         for tensors, name, t, version, ptr in self._tensors:
-            if (tensors.get(name) is not t or t.data_ptr() != ptr
-                    or (versions and t._version != version)):
+            if (
+                tensors.get(name) is not t
+                or t.data_ptr() != ptr
+                or (versions and t._version != version)
+            ):
                 return False
         return True
 
@@ -296,6 +314,7 @@ def clear_fast_cache(model: nn.Module | None = None) -> None:
     version counter records; every other change is detected (see the module docstring).
     """
     FAST_VIEWS.forget(model)
+
 
 __all__ = [
     "FAST_VIEWS",

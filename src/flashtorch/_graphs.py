@@ -87,8 +87,7 @@ class GraphedMethod:
         captures: how many graphs were captured so far (for monitoring recaptures).
     """
 
-    def __init__(self, method: AttributionMethod, *, warmup: int = 2, max_graphs: int = 4
-                 ) -> None:
+    def __init__(self, method: AttributionMethod, *, warmup: int = 2, max_graphs: int = 4) -> None:
         if not isinstance(method, AttributionMethod):
             raise MethodError(
                 f"graphed() takes a constructed attribution method such as "
@@ -138,8 +137,12 @@ class GraphedMethod:
                 "(model.cuda()) or call the method directly"
             )
         x = x.detach().to(device)
-        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
-               target is None)
+        key = (
+            tuple(x.shape),
+            x.dtype,
+            x.is_contiguous(memory_format=torch.channels_last),
+            target is None,
+        )
         cap = self._graphs.get(key)
         stale = cap is None or not self._still_valid(cap, x)
         if stale:
@@ -166,10 +169,14 @@ class GraphedMethod:
                 return None
             return t.to(home, copy=True)  # the next replay overwrites the static outputs
 
-        return Attribution(maps=out.maps.to(home, copy=True), method=out.method,
-                           targets=take(out.targets), predicted=take(out.predicted),
-                           scores=take(out.scores),
-                           extras={k: v.to(home, copy=True) for k, v in out.extras.items()})
+        return Attribution(
+            maps=out.maps.to(home, copy=True),
+            method=out.method,
+            targets=take(out.targets),
+            predicted=take(out.predicted),
+            scores=take(out.scores),
+            extras={k: v.to(home, copy=True) for k, v in out.extras.items()},
+        )
 
     # ----------------------------------------------------------------------------------------
 
@@ -185,9 +192,12 @@ class GraphedMethod:
         if self._classes is None:
             self._classes = self._probe_classes(x)
         batch = x.shape[0]
-        if (isinstance(target, Tensor) and target.device == x.device
-                and target.dtype in (torch.int64, torch.int32)
-                and target.numel() in (1, batch)):
+        if (
+            isinstance(target, Tensor)
+            and target.device == x.device
+            and target.dtype in (torch.int64, torch.int32)
+            and target.numel() in (1, batch)
+        ):
             # indices already on the GPU: one read of their range, no copy from the host
             lo, hi = torch.stack(list(torch.aminmax(target))).tolist()
             if lo < 0 or hi >= self._classes:
@@ -267,8 +277,7 @@ def _graph_safe_names() -> list[str]:
     return [n for n, cls in METHODS.items() if cls.graph_safe]
 
 
-def graphed(method: AttributionMethod, *, warmup: int = 2, max_graphs: int = 4
-            ) -> GraphedMethod:
+def graphed(method: AttributionMethod, *, warmup: int = 2, max_graphs: int = 4) -> GraphedMethod:
     """Replay ``method``'s calls as CUDA graphs: for repeated same-shape batches on a GPU.
 
     Worth it where a call is launch-bound (small batches). On an H200 with TF32, resnet50 at

@@ -58,8 +58,9 @@ def take_rows(output: Any, rows: Tensor | slice) -> Any:
     leaves, spec = pytree.tree_flatten(output)
     if batch is None or not any(isinstance(t, Tensor) for t in leaves):
         raise _rows_error(output)
-    picked = [t[rows] if isinstance(t, Tensor) and t.dim() and t.shape[0] == batch else t
-              for t in leaves]
+    picked = [
+        t[rows] if isinstance(t, Tensor) and t.dim() and t.shape[0] == batch else t for t in leaves
+    ]
     return pytree.tree_unflatten(picked, spec)
 
 

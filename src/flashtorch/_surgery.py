@@ -80,9 +80,7 @@ def on_gpu(model: nn.Module, use_gpu: bool) -> Iterator[None]:
         model.to("cpu")
 
 
-def walk(
-    model: nn.Module, params: bool = True
-) -> tuple[list[nn.Module], list[nn.Parameter]]:
+def walk(model: nn.Module, params: bool = True) -> tuple[list[nn.Module], list[nn.Parameter]]:
     """Every module and every parameter of ``model``, each once, in one pass.
 
     Modules come in pre-order, as ``model.modules()``; parameters as ``model.parameters()``
@@ -310,7 +308,8 @@ def rectifiers_between(root: Tensor, stop: Tensor) -> int:
         key = id(node)
         if expanded:
             hit = any(
-                reaches.get(id(child), False) for child, _ in node.next_functions
+                reaches.get(id(child), False)
+                for child, _ in node.next_functions
                 if child is not None
             )
             reaches[key] = hit
@@ -322,8 +321,11 @@ def rectifiers_between(root: Tensor, stop: Tensor) -> int:
             continue
         reaches[key] = False  # provisional: the graph is acyclic
         stack.append((node, True))
-        stack.extend((child, False) for child, _ in node.next_functions
-                     if child is not None and id(child) not in reaches)
+        stack.extend(
+            (child, False)
+            for child, _ in node.next_functions
+            if child is not None and id(child) not in reaches
+        )
     return count if reaches.get(id(start), False) else -1
 
 

@@ -252,8 +252,11 @@ def resolve(target: Target, output: Any) -> Resolved:
         source = explained_output(output)  # the logits, or an output without them as it is
         scores = target(source)
         batch = output_batch(source)
-        if (not isinstance(scores, Tensor) or scores.dim() != 1
-                or (batch is not None and scores.shape[0] != batch)):
+        if (
+            not isinstance(scores, Tensor)
+            or scores.dim() != 1
+            or (batch is not None and scores.shape[0] != batch)
+        ):
             got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             want = f"({batch},)" if batch is not None else "(B,)"
             raise TargetError(

@@ -32,8 +32,7 @@ Kind = Literal["nchw", "tokens", "nhwc"]
 
 #: names (last dotted component) of prefix-token parameters, shape ``(1, k, C)``.
 _PREFIX_PARAMS = frozenset(
-    {"cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
-     "register_tokens"}
+    {"cls_token", "class_token", "dist_token", "distillation_token", "reg_token", "register_tokens"}
 )
 #: most prefix tokens tried when the model does not say how many it has.
 MAX_PREFIX = 8
@@ -59,8 +58,8 @@ def token_info(model: nn.Module) -> TokenInfo:
     """Read the prefix-token count and the feature layout a model declares (module docstring)."""
     fmt = getattr(model, "output_fmt", None)
     channels_last = str(getattr(fmt, "value", fmt)).upper() == "NHWC" or (
-        type(model).__name__ == "SwinTransformer" and type(model).__module__.startswith(
-            "torchvision")
+        type(model).__name__ == "SwinTransformer"
+        and type(model).__module__.startswith("torchvision")
     )
     n = getattr(model, "num_prefix_tokens", None)
     if isinstance(n, int) and not isinstance(n, bool):
@@ -73,8 +72,11 @@ def token_info(model: nn.Module) -> TokenInfo:
                 prefix += int(p.shape[1])
                 found = True
     if found:
-        names = [n for n, p in model.named_parameters()
-                 if n.rsplit(".", 1)[-1] in _PREFIX_PARAMS and p.dim() == 3 and p.shape[0] == 1]
+        names = [
+            n
+            for n, p in model.named_parameters()
+            if n.rsplit(".", 1)[-1] in _PREFIX_PARAMS and p.dim() == 3 and p.shape[0] == 1
+        ]
         return TokenInfo(prefix, channels_last, "parameters " + ", ".join(names))
     return TokenInfo(None, channels_last)
 
@@ -153,8 +155,7 @@ def token_grid(
     With ``info.prefix`` known only that prefix is tried; otherwise ``0..MAX_PREFIX``.
     """
     prefixes = [info.prefix] if info.prefix is not None else range(MAX_PREFIX + 1)
-    return [(p, g) for p in prefixes if n_tokens - p > 0 for g in grids_for(n_tokens - p,
-                                                                                  input_hw)]
+    return [(p, g) for p in prefixes if n_tokens - p > 0 for g in grids_for(n_tokens - p, input_hw)]
 
 
 def _ambiguous(name: str, shape: tuple[int, ...], readings: list[str]) -> LayerError:
@@ -212,8 +213,9 @@ def infer_layout(
         nchw = plausible_grid(shape[2], shape[3], input_hw)
         nhwc = plausible_grid(shape[1], shape[2], input_hw)
         if nchw != nhwc:
-            return TokenLayout(*(("nchw", (shape[2], shape[3])) if nchw
-                                 else ("nhwc", (shape[1], shape[2]))))
+            return TokenLayout(
+                *(("nchw", (shape[2], shape[3])) if nchw else ("nhwc", (shape[1], shape[2])))
+            )
         info = info() if callable(info) else info
         if nchw and nhwc:
             if info.channels_last:
@@ -232,8 +234,11 @@ def infer_layout(
         prefix, grid = readings[0]
         return TokenLayout("tokens", grid, prefix)
     if not readings:
-        said = f"{info.prefix} prefix tokens (from {info.source})" if info.prefix is not None \
+        said = (
+            f"{info.prefix} prefix tokens (from {info.source})"
+            if info.prefix is not None
             else f"0-{MAX_PREFIX} prefix tokens"
+        )
         raise LayerError(
             f"layer {name!r} returns {shape}: {shape[1]} tokens do not make a grid of a "
             f"{input_hw[0]}x{input_hw[1]} input with {said}; pass reshape="

@@ -26,9 +26,7 @@ def check_images(inputs: Any, name: str = "inputs") -> Tensor:
         )
     if inputs.dim() != 4:
         fix = " (add a batch dimension with x.unsqueeze(0))" if inputs.dim() == 3 else ""
-        raise InputError(
-            f"{name} must have shape (B, C, H, W), got {tuple(inputs.shape)}{fix}"
-        )
+        raise InputError(f"{name} must have shape (B, C, H, W), got {tuple(inputs.shape)}{fix}")
     if inputs.shape[0] == 0:
         raise InputError(f"{name} is an empty batch: shape {tuple(inputs.shape)}")
     if inputs.is_meta:
@@ -52,8 +50,7 @@ def check_images(inputs: Any, name: str = "inputs") -> Tensor:
 #: Set while flashtorch.graphed warms up and captures a call: checks that would read a device
 #: value on the host (a synchronisation, illegal in a CUDA-graph capture) are made by the
 #: wrapper before the replay instead. Per thread / task, never process-wide.
-_NO_SYNC: contextvars.ContextVar[bool] = contextvars.ContextVar("flashtorch_no_sync",
-                                                                 default=False)
+_NO_SYNC: contextvars.ContextVar[bool] = contextvars.ContextVar("flashtorch_no_sync", default=False)
 
 
 def syncs_allowed() -> bool:

@@ -174,9 +174,7 @@ class AttributionMethod(abc.ABC):
         self, model: nn.Module, *, eval_mode: bool = True, fast: bool = False, amp: bool = False
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise MethodError(
-                f"model must be a torch.nn.Module, got {type(model).__name__}"
-            )
+            raise MethodError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if fast and not self.supports_fast:
             raise MethodError(
                 f"method {self.name!r} does not support fast=True (it needs the model's own "
@@ -259,18 +257,22 @@ class AttributionMethod(abc.ABC):
                 stacklevel=3,
             )
         autocast = (
-            torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
-                           else torch.bfloat16,
-                           # a CUDA-graph capture must not cache casts (torch.cuda.graph docs)
-                           cache_enabled=syncs_allowed())
-            if self.amp else contextlib.nullcontext()
+            torch.autocast(
+                device.type,
+                dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                # a CUDA-graph capture must not cache casts (torch.cuda.graph docs)
+                cache_enabled=syncs_allowed(),
+            )
+            if self.amp
+            else contextlib.nullcontext()
         )
         user_model = self.model
         # The fast copy is private to flashtorch and already in eval mode with frozen
         # parameters: no per-call guard (it walks every module and parameter, ~0.5-1.5 ms a
         # call on resnet50, which counts when a GPU call takes a few ms).
         guard = (
-            contextlib.nullcontext(net) if self.fast
+            contextlib.nullcontext(net)
+            if self.fast
             else preserved_state(net, eval_mode=self.eval_mode, freeze=self.freezes)
         )
         with guard:
@@ -284,8 +286,10 @@ class AttributionMethod(abc.ABC):
         predicted: Tensor | None = None
         if isinstance(out.output, Tensor):  # the logits (an output without them: None)
             output = out.output.detach()
-            predicted = output.argmax(1) if output.dim() == 2 else output.new_zeros(
-                output.shape[0], dtype=torch.long
+            predicted = (
+                output.argmax(1)
+                if output.dim() == 2
+                else output.new_zeros(output.shape[0], dtype=torch.long)
             )
             predicted = predicted.to(home)
         return Attribution(

@@ -144,8 +144,9 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 def _show_warning(debug: bool) -> Callable[..., None]:
-    def show(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any,
-             **__: Any) -> None:
+    def show(
+        message: Any, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any
+    ) -> None:
         ours = f"{os.sep}flashtorch{os.sep}" in filename and issubclass(category, UserWarning)
         if debug:
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
@@ -178,8 +179,7 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning(debug)
         try:
-            result = cli.main(args=argv, prog_name=PROG, standalone_mode=False,
-                              obj={"argv": argv})
+            result = cli.main(args=argv, prog_name=PROG, standalone_mode=False, obj={"argv": argv})
             code = result if isinstance(result, int) else 0
         except click.exceptions.Exit as exc:
             code = exc.exit_code
@@ -211,11 +211,17 @@ def _flag_callback(key: str) -> Callable[[click.Context, click.Parameter, Any], 
 
 def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
-        "--debug", is_flag=True, expose_value=False, callback=_flag_callback("flashtorch.debug"),
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_flag_callback("flashtorch.debug"),
         help="Show full tracebacks and every warning.",
     )(func)
     func = click.option(
-        "-q", "--quiet", is_flag=True, expose_value=False,
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
         callback=_flag_callback("flashtorch.quiet"),
         help="No progress bar and no 'wrote ...' lines.",
     )(func)
@@ -224,16 +230,25 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
-        "--trust-pickle", is_flag=True,
+        "--trust-pickle",
+        is_flag=True,
         help="Allow loading a whole pickled model file (runs code from the file: trusted "
         "files only). Weight files never need it.",
     )(func)
     func = click.option(
-        "--device", default="auto", show_default=True, metavar="DEVICE",
+        "--device",
+        default="auto",
+        show_default=True,
+        metavar="DEVICE",
         help="cpu, cuda, cuda:N, mps, or auto (cuda when available).",
     )(func)
     func = click.option(
-        "-m", "--model", "model_spec", default=DEFAULT_MODEL, show_default=True, metavar="M",
+        "-m",
+        "--model",
+        "model_spec",
+        default=DEFAULT_MODEL,
+        show_default=True,
+        metavar="M",
         help="efficientnet_lite0 (bundled), torchvision:NAME[:WEIGHTS.pth], "
         "timm:NAME[:WEIGHTS], a TorchScript file, or package.module:factory.",
     )(func)
@@ -243,17 +258,28 @@ def _model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _out_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``-o/--out DIR`` (default ``out``): the folder of a command's files, ``what``."""
     return click.option(
-        "-o", "--out", "out_dir", default="out", show_default=True, metavar="DIR",
-        type=click.Path(file_okay=False, path_type=Path), help=f"Folder for {what}.",
+        "-o",
+        "--out",
+        "out_dir",
+        default="out",
+        show_default=True,
+        metavar="DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help=f"Folder for {what}.",
     )
 
 
-_CMAP_OPTION = click.option("--cmap", default="jet", show_default=True,
-                            help="Colour map of the overlays.")
-_ALPHA_OPTION = click.option("--alpha", type=click.FloatRange(0, 1), default=0.75,
-                             show_default=True, help="Opacity of the map where it is highest.")
-_SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True,
-                            help="Random seed.")
+_CMAP_OPTION = click.option(
+    "--cmap", default="jet", show_default=True, help="Colour map of the overlays."
+)
+_ALPHA_OPTION = click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.75,
+    show_default=True,
+    help="Opacity of the map where it is highest.",
+)
+_SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 
 
 def _quiet(ctx: click.Context) -> bool:
@@ -275,15 +301,23 @@ def _progress(ctx: click.Context, total: int, unit: str, desc: str) -> Any:
     from tqdm import tqdm
 
     disable = True if (_quiet(ctx) or total <= PROGRESS_THRESHOLD) else None
-    return tqdm(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=desc,
+        disable=disable,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, "-V", "--version", prog_name=PROG,
-                      message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "-V", "--version", prog_name=PROG, message="%(prog)s %(version)s"
+)
 @_common_options
 def cli() -> None:
     """See what a vision model sees: saliency maps, CAMs and feature visualisation.
@@ -432,11 +466,9 @@ def method_options(
             f"no selected method takes the option(s) {', '.join(sorted(unused))}; "
             f"selected: {', '.join(methods)} (see 'flashtorch methods')"
         )
-    if layer is not None and not any(getattr(get_method(m), "needs_layer", False)
-                                     for m in methods):
+    if layer is not None and not any(getattr(get_method(m), "needs_layer", False) for m in methods):
         _usage(
-            f"--layer is for methods that need a layer (CAMs); none of {', '.join(methods)} "
-            "does"
+            f"--layer is for methods that need a layer (CAMs); none of {', '.join(methods)} does"
         )
     return per_method
 
@@ -642,7 +674,7 @@ def run_methods(
             raise MethodError(f"bad option for method {name!r}: {exc}") from None
     stems = output_stems(paths)
     for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start:start + batch_size])  # read here, batch by batch
+        chunk = list(paths[start : start + batch_size])  # read here, batch by batch
         x = apply_transforms(chunk, size=loaded.size, mean=loaded.mean, std=loaded.std)
         x = x.to(loaded.device)
         with torch.no_grad():
@@ -665,8 +697,7 @@ def run_methods(
             try:
                 res = method(x, target=target)
             except MethodError as exc:
-                if not (skip_inapplicable and start == 0
-                        and method.needs_attention):
+                if not (skip_inapplicable and start == 0 and method.needs_attention):
                     raise
                 click.echo(f"flashtorch: skipped {name}: {exc}", err=True)
                 del instances[name]
@@ -701,31 +732,44 @@ def _npy_bytes(array: Any) -> bytes:
 
 
 _METHOD_OPTION = click.option(
-    "--method", "methods", multiple=True, metavar="NAME|all",
+    "--method",
+    "methods",
+    multiple=True,
+    metavar="NAME|all",
     help="Method(s) to run: repeat or comma-separate; 'all' runs every registered method "
     "(see 'flashtorch methods').",
 )
 _TARGET_OPTION = click.option(
-    "-t", "--target", metavar="CLASS|INDEX",
-    help="Class to explain: an index or an ImageNet class name (default: each image's top "
-    "class).",
+    "-t",
+    "--target",
+    metavar="CLASS|INDEX",
+    help="Class to explain: an index or an ImageNet class name (default: each image's top class).",
 )
 _LAYER_OPTION = click.option(
-    "--layer", metavar="L",
+    "--layer",
+    metavar="L",
     help="Layer for the CAM methods (dotted name, see 'flashtorch layers'); default: the last "
     "convolutional feature map.",
 )
 _SIZE_OPTION = click.option(
-    "--size", type=click.IntRange(8, 4096), metavar="PX",
+    "--size",
+    type=click.IntRange(8, 4096),
+    metavar="PX",
     help="Input side in pixels (default: the model's, 224).",
 )
 _OPT_OPTION = click.option(
-    "--opt", "opts", multiple=True, metavar="KEY=VALUE",
+    "--opt",
+    "opts",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Method option, e.g. --opt n_samples=8 (repeatable; given to each selected method "
     "that takes it).",
 )
 _BATCH_OPTION = click.option(
-    "--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
+    "--batch-size",
+    type=click.IntRange(1, 1024),
+    default=8,
+    show_default=True,
     help="Images per forward/backward pass.",
 )
 
@@ -736,8 +780,13 @@ def _wants_all(values: Sequence[str]) -> bool:
 
 
 def _prepare(
-    images: Sequence[str], methods: Sequence[str], target: str | None, layer: str | None,
-    opts: Sequence[str], device: str, default_methods: Sequence[str] = ("guided",),
+    images: Sequence[str],
+    methods: Sequence[str],
+    target: str | None,
+    layer: str | None,
+    opts: Sequence[str],
+    device: str,
+    default_methods: Sequence[str] = ("guided",),
 ) -> tuple[list[str], int | str | None, dict[str, dict[str, Any]], Any, list[Any]]:
     """Validate everything that needs no model: methods, target, options, device, images."""
     names = parse_methods(methods, default_methods)
@@ -766,8 +815,14 @@ def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
 @_TARGET_OPTION
 @_LAYER_OPTION
 @_out_option("<image>_<method>.png/.npy (created if needed)")
-@click.option("--format", "fmt", type=click.Choice(["png", "npy", "both"]), default="png",
-              show_default=True, help="Overlay PNG, raw map NPY, or both.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "npy", "both"]),
+    default="png",
+    show_default=True,
+    help="Overlay PNG, raw map NPY, or both.",
+)
 @_SIZE_OPTION
 @_CMAP_OPTION
 @_ALPHA_OPTION
@@ -776,9 +831,20 @@ def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
 @_common_options
 @click.pass_context
 def explain(
-    ctx: click.Context, images: tuple[str, ...], model_spec: str, device: str,
-    trust_pickle: bool, methods: tuple[str, ...], target: str | None, layer: str | None,
-    out_dir: Path, fmt: str, size: int | None, cmap: str, alpha: float, opts: tuple[str, ...],
+    ctx: click.Context,
+    images: tuple[str, ...],
+    model_spec: str,
+    device: str,
+    trust_pickle: bool,
+    methods: tuple[str, ...],
+    target: str | None,
+    layer: str | None,
+    out_dir: Path,
+    fmt: str,
+    size: int | None,
+    cmap: str,
+    alpha: float,
+    opts: tuple[str, ...],
     batch_size: int,
 ) -> None:
     """Explain the model's decision on IMAGE... with one or more methods.
@@ -801,9 +867,17 @@ def explain(
     written = 0
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "explain") as bar:
-        for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
-                                  on_image=lambda r: _echo(_format_top(r)),
-                                  skip_inapplicable=_wants_all(methods)):
+        for result in run_methods(
+            loaded,
+            paths,
+            names,
+            options,
+            tgt,
+            batch_size,
+            bar,
+            on_image=lambda r: _echo(_format_top(r)),
+            skip_inapplicable=_wants_all(methods),
+        ):
             for item in result.maps:
                 base = out_dir / f"{result.stem}_{item.method}"
                 if fmt in ("png", "both"):
@@ -823,16 +897,33 @@ def explain(
 
 @cli.command(short_help="One self-contained HTML report of IMAGE... (or of a run).")
 @click.argument("images", nargs=-1, required=False, metavar="IMAGE...")
-@click.option("-o", "--output", "output", required=True, metavar="FILE.html",
-              type=click.Path(dir_okay=True, path_type=Path),
-              help="The HTML file to write (one self-contained file).")
-@click.option("--run", "run_dir", metavar="DIR", type=click.Path(path_type=Path),
-              help="Report a run made by 'flashtorch run' instead of IMAGE...: aggregate "
-              "table and a sample of its images.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    metavar="FILE.html",
+    type=click.Path(dir_okay=True, path_type=Path),
+    help="The HTML file to write (one self-contained file).",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="Report a run made by 'flashtorch run' instead of IMAGE...: aggregate "
+    "table and a sample of its images.",
+)
 @_model_options
-@click.option("--methods", "--method", "methods", multiple=True, metavar="NAME,...|all",
-              help="Methods to show side by side (default: gradient, guided, smoothgrad, "
-              "integrated_gradients, gradcam when registered).")
+@click.option(
+    "--methods",
+    "--method",
+    "methods",
+    multiple=True,
+    metavar="NAME,...|all",
+    help="Methods to show side by side (default: gradient, guided, smoothgrad, "
+    "integrated_gradients, gradcam when registered).",
+)
 @_TARGET_OPTION
 @_LAYER_OPTION
 @_SIZE_OPTION
@@ -844,10 +935,21 @@ def explain(
 @_common_options
 @click.pass_context
 def report(
-    ctx: click.Context, images: tuple[str, ...], output: Path, run_dir: Path | None,
-    model_spec: str, device: str,
-    trust_pickle: bool, methods: tuple[str, ...], target: str | None, layer: str | None,
-    size: int | None, title: str, cmap: str, alpha: float, opts: tuple[str, ...],
+    ctx: click.Context,
+    images: tuple[str, ...],
+    output: Path,
+    run_dir: Path | None,
+    model_spec: str,
+    device: str,
+    trust_pickle: bool,
+    methods: tuple[str, ...],
+    target: str | None,
+    layer: str | None,
+    size: int | None,
+    title: str,
+    cmap: str,
+    alpha: float,
+    opts: tuple[str, ...],
     batch_size: int,
 ) -> None:
     """Write ONE self-contained HTML report for IMAGE...: inputs, top-5, maps, timings.
@@ -890,8 +992,16 @@ def report(
     entries = []
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "report") as bar:
-        for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
-                                  skip_inapplicable=_wants_all(methods)):
+        for result in run_methods(
+            loaded,
+            paths,
+            names,
+            options,
+            tgt,
+            batch_size,
+            bar,
+            skip_inapplicable=_wants_all(methods),
+        ):
             panels = []
             for item in result.maps:
                 label = ""
@@ -900,12 +1010,14 @@ def report(
                 note = f"layer {item.layer}" if item.layer else ""
                 png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
                 panels.append(MapPanel(item.method, png, item.seconds, label, note))
-            entries.append(ImageEntry(
-                Path(result.path).name,
-                encode_png(image_rgb(result.image)),
-                [Prediction(i, label, p) for i, label, p in result.top],
-                panels,
-            ))
+            entries.append(
+                ImageEntry(
+                    Path(result.path).name,
+                    encode_png(image_rgb(result.image)),
+                    [Prediction(i, label, p) for i, label, p in result.top],
+                    panels,
+                )
+            )
     details = {
         "model": model_spec,
         "device": str(dev),
@@ -914,7 +1026,11 @@ def report(
         "target": "top class" if tgt is None else str(tgt),
     }
     html = build_report(
-        entries, command=_command_line(ctx), title=title, details=details, cmap=cmap,
+        entries,
+        command=_command_line(ctx),
+        title=title,
+        details=details,
+        cmap=cmap,
         timing_note=f"Wall-clock seconds per image on {dev}, batches of up to {batch_size}, "
         "after one warm-up pass.",
     )
@@ -922,8 +1038,15 @@ def report(
     _info(ctx, f"wrote {output} ({len(html) / 1e6:.1f} MB)")
 
 
-def _report_run(ctx: click.Context, images: Sequence[str], run_dir: Path, output: Path,
-                title: str, cmap: str, alpha: float) -> None:
+def _report_run(
+    ctx: click.Context,
+    images: Sequence[str],
+    run_dir: Path,
+    output: Path,
+    title: str,
+    cmap: str,
+    alpha: float,
+) -> None:
     from matplotlib import colormaps
 
     from .report import write_report
@@ -933,13 +1056,16 @@ def _report_run(ctx: click.Context, images: Sequence[str], run_dir: Path, output
     if cmap not in colormaps:
         _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
     if not (run_dir / "maps.zarr").is_dir():
-        _usage(f"--run {str(run_dir)!r} holds no run (no maps.zarr inside); make one with "
-               "'flashtorch run'")
+        _usage(
+            f"--run {str(run_dir)!r} holds no run (no maps.zarr inside); make one with "
+            "'flashtorch run'"
+        )
     check_output_file(output)
     from .runs.report import build_run_report
 
-    html = build_run_report(run_dir, command=_command_line(ctx), title=title, cmap=cmap,
-                            alpha=alpha)
+    html = build_run_report(
+        run_dir, command=_command_line(ctx), title=title, cmap=cmap, alpha=alpha
+    )
     write_report(output, html)
     _info(ctx, f"wrote {output} ({len(html) / 1e6:.1f} MB)")
 
@@ -967,38 +1093,96 @@ def _run_target(value: str | None) -> int | str | None:
 @cli.command("run", short_help="A whole folder or list through methods into Zarr + Parquet.")
 @click.argument("source", metavar="SOURCE")
 @_model_options
-@click.option("--method", "--methods", "methods", multiple=True, metavar="NAME,...|all",
-              help="Method(s) to run: repeat or comma-separate (default: gradient).")
-@click.option("-o", "--out", "out_dir", required=True, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory: DIR/maps.zarr and DIR/manifest.parquet.")
-@click.option("-t", "--target", metavar="CLASS|INDEX|column|folder",
-              help="Class to explain: an index or class name, 'column' (the list file's "
-              "second column), 'folder' (ImageFolder class sub-folders); default: each "
-              "image's predicted class.")
+@click.option(
+    "--method",
+    "--methods",
+    "methods",
+    multiple=True,
+    metavar="NAME,...|all",
+    help="Method(s) to run: repeat or comma-separate (default: gradient).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory: DIR/maps.zarr and DIR/manifest.parquet.",
+)
+@click.option(
+    "-t",
+    "--target",
+    metavar="CLASS|INDEX|column|folder",
+    help="Class to explain: an index or class name, 'column' (the list file's "
+    "second column), 'folder' (ImageFolder class sub-folders); default: each "
+    "image's predicted class.",
+)
 @_LAYER_OPTION
 @_OPT_OPTION
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
-              help="Images per batch.")
-@click.option("--workers", type=click.IntRange(0, 256), default=2, show_default=True,
-              help="DataLoader worker processes decoding images.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=16,
+    show_default=True,
+    help="Images per batch.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 256),
+    default=2,
+    show_default=True,
+    help="DataLoader worker processes decoding images.",
+)
 @_SIZE_OPTION
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="dtype of the stored maps.")
-@click.option("--metrics", "metrics", multiple=True, metavar="deletion,insertion",
-              help="Faithfulness AUCs per image and method (costs forward passes).")
-@click.option("--metric-step", type=click.FloatRange(0, 1, min_open=True), default=0.02,
-              show_default=True, help="Share of pixels changed per step of those curves.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="dtype of the stored maps.",
+)
+@click.option(
+    "--metrics",
+    "metrics",
+    multiple=True,
+    metavar="deletion,insertion",
+    help="Faithfulness AUCs per image and method (costs forward passes).",
+)
+@click.option(
+    "--metric-step",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.02,
+    show_default=True,
+    help="Share of pixels changed per step of those curves.",
+)
 @_SEED_OPTION
-@click.option("--overwrite", is_flag=True,
-              help="Delete a run already in DIR first (its own files only) and start afresh.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Delete a run already in DIR first (its own files only) and start afresh.",
+)
 @_common_options
 @click.pass_context
 def run(
-    ctx: click.Context, source: str, model_spec: str, device: str, trust_pickle: bool,
-    methods: tuple[str, ...], out_dir: Path, target: str | None, layer: str | None,
-    opts: tuple[str, ...], batch_size: int, workers: int, size: int | None, dtype: str,
-    metrics: tuple[str, ...], metric_step: float, seed: int, overwrite: bool,
+    ctx: click.Context,
+    source: str,
+    model_spec: str,
+    device: str,
+    trust_pickle: bool,
+    methods: tuple[str, ...],
+    out_dir: Path,
+    target: str | None,
+    layer: str | None,
+    opts: tuple[str, ...],
+    batch_size: int,
+    workers: int,
+    size: int | None,
+    dtype: str,
+    metrics: tuple[str, ...],
+    metric_step: float,
+    seed: int,
+    overwrite: bool,
 ) -> None:
     """Explain every image of SOURCE into DIR/maps.zarr and DIR/manifest.parquet.
 
@@ -1028,10 +1212,22 @@ def run(
     check_output_dir(out_dir)
     rank0 = os.environ.get("RANK", "0") in ("", "0")
     summary = run_dataset(
-        model_spec, source, options, out_dir, target=_run_target(target),
-        batch_size=batch_size, num_workers=workers, size=size, dtype=dtype, metrics=picked,
-        metric_step=metric_step, seed=seed, device=None if device == "auto" else device,
-        overwrite=overwrite, progress=not _quiet(ctx) and rank0, trust_pickle=trust_pickle,
+        model_spec,
+        source,
+        options,
+        out_dir,
+        target=_run_target(target),
+        batch_size=batch_size,
+        num_workers=workers,
+        size=size,
+        dtype=dtype,
+        metrics=picked,
+        metric_step=metric_step,
+        seed=seed,
+        device=None if device == "auto" else device,
+        overwrite=overwrite,
+        progress=not _quiet(ctx) and rank0,
+        trust_pickle=trust_pickle,
     )
     if rank0:
         _info(ctx, summary.line())
@@ -1134,24 +1330,54 @@ _STEPS_HELP = "Optimisation steps."
 
 
 @cli.command(short_help="Feature visualisation of a layer's channels.")
-@click.option("--layer", required=True, metavar="L",
-              help="Layer whose channels to render (dotted name, see 'flashtorch layers').")
-@click.option("--channels", default="0-7", show_default=True, metavar="SPEC",
-              help="Channels: 0-7, 3, or 1,4,9 (rendered together in one batch).")
+@click.option(
+    "--layer",
+    required=True,
+    metavar="L",
+    help="Layer whose channels to render (dotted name, see 'flashtorch layers').",
+)
+@click.option(
+    "--channels",
+    default="0-7",
+    show_default=True,
+    metavar="SPEC",
+    help="Channels: 0-7, 3, or 1,4,9 (rendered together in one batch).",
+)
 @_model_options
-@click.option("--steps", type=click.IntRange(1, 100_000), default=256, show_default=True,
-              help=_STEPS_HELP)
-@click.option("--size", type=click.IntRange(16, 2048), default=128, show_default=True,
-              metavar="PX", help="Side of the rendered images.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, show_default=True,
-              help="Adam's learning rate.")
+@click.option(
+    "--steps", type=click.IntRange(1, 100_000), default=256, show_default=True, help=_STEPS_HELP
+)
+@click.option(
+    "--size",
+    type=click.IntRange(16, 2048),
+    default=128,
+    show_default=True,
+    metavar="PX",
+    help="Side of the rendered images.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="Adam's learning rate.",
+)
 @_SEED_OPTION
 @_out_option("<layer>_ch<C>.png and <layer>_grid.png")
 @_common_options
 @click.pass_context
 def activmax(
-    ctx: click.Context, layer: str, channels: str, model_spec: str, device: str,
-    trust_pickle: bool, steps: int, size: int, lr: float, seed: int, out_dir: Path,
+    ctx: click.Context,
+    layer: str,
+    channels: str,
+    model_spec: str,
+    device: str,
+    trust_pickle: bool,
+    steps: int,
+    size: int,
+    lr: float,
+    seed: int,
+    out_dir: Path,
 ) -> None:
     """Render images that maximally activate channels of a layer (feature visualisation).
 
@@ -1168,8 +1394,13 @@ def activmax(
     _check_layer(loaded, layer)
     _check_channel_range(loaded, layer, picked)
     result = engine.render(
-        loaded.model, engine.channel(layer, picked), param=size, steps=steps, seed=seed,
-        lr=lr, progress=_engine_progress(ctx, steps),
+        loaded.model,
+        engine.channel(layer, picked),
+        param=size,
+        steps=steps,
+        seed=seed,
+        lr=lr,
+        progress=_engine_progress(ctx, steps),
         normalize=(loaded.mean, loaded.std),
     )
     images = result.images.detach().cpu()
@@ -1191,40 +1422,75 @@ def _check_channel_range(loaded: LoadedModel, layer: str, picked: Sequence[int])
     from ._surgery import LayerRecorder, preserved_state
 
     x = torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device)
-    with preserved_state(loaded.model), torch.no_grad(), \
-            LayerRecorder(loaded.model, layer) as recorder:
+    with (
+        preserved_state(loaded.model),
+        torch.no_grad(),
+        LayerRecorder(loaded.model, layer) as recorder,
+    ):
         loaded.model(x)
         output = recorder.output
     n = int(output.shape[1]) if output.dim() >= 2 else 1
     bad = [c for c in picked if c >= n]
     if bad:
-        _usage(f"channel {bad[0]} is out of range: layer {layer!r} has {n} channels "
-               f"(0..{n - 1})")
+        _usage(f"channel {bad[0]} is out of range: layer {layer!r} has {n} channels (0..{n - 1})")
 
 
 @cli.command(short_help="DeepDream on a photo.")
 @click.argument("image", metavar="IMAGE")
-@click.option("--layer", required=True, metavar="L",
-              help="Layer to amplify (dotted name, see 'flashtorch layers').")
-@click.option("--channel", type=click.IntRange(0), metavar="C",
-              help="Amplify one channel of the layer (default: the whole layer).")
+@click.option(
+    "--layer",
+    required=True,
+    metavar="L",
+    help="Layer to amplify (dotted name, see 'flashtorch layers').",
+)
+@click.option(
+    "--channel",
+    type=click.IntRange(0),
+    metavar="C",
+    help="Amplify one channel of the layer (default: the whole layer).",
+)
 @_model_options
-@click.option("--steps", type=click.IntRange(1, 100_000), default=10, show_default=True,
-              help="Gradient steps per octave.")
-@click.option("--octaves", type=click.IntRange(1, 12), default=4, show_default=True,
-              help="Number of scales.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True,
-              help="Step size in [0, 1] RGB units.")
-@click.option("--size", type=click.IntRange(16, 4096), metavar="PX",
-              help="Resize the photo's shorter side first (default: keep its size).")
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 100_000),
+    default=10,
+    show_default=True,
+    help="Gradient steps per octave.",
+)
+@click.option(
+    "--octaves", type=click.IntRange(1, 12), default=4, show_default=True, help="Number of scales."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    default=0.01,
+    show_default=True,
+    help="Step size in [0, 1] RGB units.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(16, 4096),
+    metavar="PX",
+    help="Resize the photo's shorter side first (default: keep its size).",
+)
 @_SEED_OPTION
 @_out_option("<image>_dream.png")
 @_common_options
 @click.pass_context
 def dream(
-    ctx: click.Context, image: str, layer: str, channel: int | None, model_spec: str,
-    device: str, trust_pickle: bool, steps: int, octaves: int, lr: float, size: int | None,
-    seed: int, out_dir: Path,
+    ctx: click.Context,
+    image: str,
+    layer: str,
+    channel: int | None,
+    model_spec: str,
+    device: str,
+    trust_pickle: bool,
+    steps: int,
+    octaves: int,
+    lr: float,
+    size: int | None,
+    seed: int,
+    out_dir: Path,
 ) -> None:
     """DeepDream on IMAGE: amplify what a layer (or one channel) sees, over octaves."""
     engine = _activmax()
@@ -1244,7 +1510,13 @@ def dream(
         picture = picture.resize((max(1, round(w * scale)), max(1, round(h * scale))))
     objective = layer if channel is None else engine.channel(layer, channel)
     result = engine.deepdream(
-        loaded.model, picture, objective, octaves=octaves, steps=steps, lr=lr, seed=seed,
+        loaded.model,
+        picture,
+        objective,
+        octaves=octaves,
+        steps=steps,
+        lr=lr,
+        seed=seed,
         normalize=(loaded.mean, loaded.std),
         progress=_engine_progress(ctx, steps * octaves),
     )

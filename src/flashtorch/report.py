@@ -290,9 +290,9 @@ def _timings_table(entries: Sequence[ImageEntry]) -> str:
     if not totals:
         return '<p class="empty">No maps were computed.</p>'
     rows = "".join(
-        f"<tr><td>{_e(method)}</td><td class=\"num\">{len(times)}</td>"
-        f"<td class=\"num\">{_e(_seconds(sum(times) / len(times)))}</td>"
-        f"<td class=\"num\">{_e(_seconds(sum(times)))}</td></tr>"
+        f'<tr><td>{_e(method)}</td><td class="num">{len(times)}</td>'
+        f'<td class="num">{_e(_seconds(sum(times) / len(times)))}</td>'
+        f'<td class="num">{_e(_seconds(sum(times)))}</td></tr>'
         for method, times in totals.items()
     )
     return (
@@ -309,10 +309,10 @@ def _top5(predictions: Sequence[Prediction]) -> str:
     for rank, p in enumerate(predictions, 1):
         width = max(0.0, min(1.0, float(p.probability))) * 100
         rows.append(
-            f"<tr><td class=\"num idx\">{rank}</td>"
-            f"<td>{_e(p.label)}<div class=\"pbar\" style=\"width:{width:.1f}%\"></div></td>"
-            f"<td class=\"num idx\">{int(p.index)}</td>"
-            f"<td class=\"num\">{p.probability * 100:.1f}%</td></tr>"
+            f'<tr><td class="num idx">{rank}</td>'
+            f'<td>{_e(p.label)}<div class="pbar" style="width:{width:.1f}%"></div></td>'
+            f'<td class="num idx">{int(p.index)}</td>'
+            f'<td class="num">{p.probability * 100:.1f}%</td></tr>'
         )
     return (
         '<table class="top5"><thead><tr><th class="num">#</th><th>top-5 class</th>'
@@ -323,8 +323,9 @@ def _top5(predictions: Sequence[Prediction]) -> str:
 
 def _panel(panel: MapPanel, image_name: str) -> str:
     alt = f"{panel.method} map of {image_name}"
-    caption = [f'<b>{_e(panel.method)}</b> &middot; <span class="t">'
-               f"{_e(_seconds(panel.seconds))}</span>"]
+    caption = [
+        f'<b>{_e(panel.method)}</b> &middot; <span class="t">{_e(_seconds(panel.seconds))}</span>'
+    ]
     if panel.target:
         caption.append(f"target: {_e(panel.target)}")
     if panel.note:

@@ -199,8 +199,9 @@ class AttentionCapture(TorchFunctionMode):
         used = weights._base if weights._base is not None else weights
         if weights.shape[-1] == weights.shape[-2]:
             self.records.append(
-                AttentionRecord(used, int(bound.arguments["num_heads"]),
-                                "multi_head_attention_forward")
+                AttentionRecord(
+                    used, int(bound.arguments["num_heads"]), "multi_head_attention_forward"
+                )
             )
         if not need:
             return out, None

@@ -124,7 +124,9 @@ def _vecmat(row: Tensor, matrix: Tensor) -> Tensor:
 
 
 def attention_rollout_row(
-    attentions: list[Tensor], start: Tensor, head_fusion: str = "mean",
+    attentions: list[Tensor],
+    start: Tensor,
+    head_fusion: str = "mean",
     discard_ratio: float = 0.0,
 ) -> Tensor:
     r"""The row :math:`s^\top \hat A_L \cdots \hat A_1` of attention rollout (module docstring).
@@ -176,8 +178,9 @@ def gradient_rollout_row(
 # Capture checks and token reading
 # --------------------------------------------------------------------------------------------
 
-_OTHER_METHODS = "gradcam (and the CAM family) or a gradient method (gradient, " \
-    "integrated_gradients, smoothgrad)"
+_OTHER_METHODS = (
+    "gradcam (and the CAM family) or a gradient method (gradient, integrated_gradients, smoothgrad)"
+)
 
 
 def checked_attentions(
@@ -264,8 +267,11 @@ def patch_grid(
     readings = token_grid(n_tokens, info, input_hw)
     if len(readings) == 1:
         return readings[0]
-    said = (f"{info.prefix} prefix tokens (from {info.source})" if info.prefix is not None
-            else "an unknown number of prefix tokens")
+    said = (
+        f"{info.prefix} prefix tokens (from {info.source})"
+        if info.prefix is not None
+        else "an unknown number of prefix tokens"
+    )
     if not readings:
         raise MethodError(
             f"{method}: {n_tokens} attention tokens do not make a patch grid of a "
@@ -335,15 +341,16 @@ class RolloutMethod(AttributionMethod):
     ) -> tuple[Tensor, int, tuple[int, int]]:
         """The start row, the prefix-token count and the patch grid."""
         batch, n_tokens = inputs.shape[0], int(tensors[0].shape[-1])
-        prefix, grid = patch_grid(self.model, n_tokens, (inputs.shape[-2], inputs.shape[-1]),
-                                  self.name)
+        prefix, grid = patch_grid(
+            self.model, n_tokens, (inputs.shape[-2], inputs.shape[-1]), self.name
+        )
         kind = _start_kind(self.model, self.token, prefix, self.name)
         start = start_row(kind, n_tokens, prefix, batch, _exact(tensors[0]), self.name)
         return start, prefix, grid
 
     def _finish(self, row: Tensor, prefix: int, grid: tuple[int, int], inputs: Tensor) -> Tensor:
         h, w = grid
-        coarse = row[:, prefix:prefix + h * w].reshape(row.shape[0], 1, h, w)
+        coarse = row[:, prefix : prefix + h * w].reshape(row.shape[0], 1, h, w)
         maps = upsample(coarse, (inputs.shape[-2], inputs.shape[-1]), self.interpolation)
         return normalize_maps(maps) if self.normalize else maps
 
@@ -397,8 +404,15 @@ class AttentionRollout(RolloutMethod):
         fast: bool = False,
         amp: bool = False,
     ) -> None:
-        super().__init__(model, token=token, normalize=normalize, interpolation=interpolation,
-                         eval_mode=eval_mode, fast=fast, amp=amp)
+        super().__init__(
+            model,
+            token=token,
+            normalize=normalize,
+            interpolation=interpolation,
+            eval_mode=eval_mode,
+            fast=fast,
+            amp=amp,
+        )
         if head_fusion not in HEAD_FUSIONS:
             raise MethodError(
                 f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {head_fusion!r}"
@@ -414,11 +428,11 @@ class AttentionRollout(RolloutMethod):
             with AttentionCapture() as capture:
                 output = self.model(inputs)
             resolved = resolve(target, output)
-            tensors = checked_attentions(capture.records, inputs.shape[0], self.name,
-                                         self.model)
+            tensors = checked_attentions(capture.records, inputs.shape[0], self.name, self.model)
             start, prefix, grid = self._row_setup(tensors, inputs)
-            row = attention_rollout_row([_exact(t) for t in tensors], start, self.head_fusion,
-                                        self.discard_ratio)
+            row = attention_rollout_row(
+                [_exact(t) for t in tensors], start, self.head_fusion, self.discard_ratio
+            )
         maps = self._finish(row, prefix, grid, inputs)
         return MethodOutput(maps, output, resolved.indices, resolved.scores, {"row": row})
 
@@ -463,8 +477,7 @@ class GradientRollout(RolloutMethod):
             with AttentionCapture() as capture:
                 output = self.model(x)
             resolved = resolve(target, output)
-            tensors = checked_attentions(capture.records, inputs.shape[0], self.name,
-                                         self.model)
+            tensors = checked_attentions(capture.records, inputs.shape[0], self.name, self.model)
             scores = resolved.scores
             if not scores.requires_grad:
                 raise TargetError(
@@ -479,11 +492,17 @@ class GradientRollout(RolloutMethod):
         ]
         with torch.no_grad():
             start, prefix, grid = self._row_setup(tensors, inputs)
-            row = gradient_rollout_row([_exact(t.detach()) for t in tensors],
-                                       [_exact(g) for g in gradients], start)
+            row = gradient_rollout_row(
+                [_exact(t.detach()) for t in tensors], [_exact(g) for g in gradients], start
+            )
         maps = self._finish(row, prefix, grid, inputs)
-        return MethodOutput(maps, output.detach() if isinstance(output, Tensor) else output,
-                            resolved.indices, scores.detach(), {"row": row})
+        return MethodOutput(
+            maps,
+            output.detach() if isinstance(output, Tensor) else output,
+            resolved.indices,
+            scores.detach(),
+            {"row": row},
+        )
 
 
 __all__ = [

@@ -236,9 +236,7 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> tuple[str, bo
             scores = resolve(target, output).scores
             grads: tuple[Tensor | None, ...] = ()
             if usable and scores.requires_grad:
-                grads = torch.autograd.grad(
-                    scores.sum(), [c[2] for c in usable], allow_unused=True
-                )
+                grads = torch.autograd.grad(scores.sum(), [c[2] for c in usable], allow_unused=True)
     finally:
         handles.remove()
     # in a model with token layers, the maps before the first one are its patch embedding
@@ -253,8 +251,11 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> tuple[str, bo
         # (the call's all-zero-map warning says why the map is empty)
         return usable[-1][0], False
     shared = sorted({c[0] for c in found if calls[c[1]] > 1})
-    extra = f" (modules that ran several times did: {', '.join(shared)}; pass layer= and call=)" \
-        if shared else ""
+    extra = (
+        f" (modules that ran several times did: {', '.join(shared)}; pass layer= and call=)"
+        if shared
+        else ""
+    )
     raise LayerError(
         f"could not find a default CAM layer in {type(model).__name__}: no submodule that runs "
         "once returned a feature map (B, C, h, w), tokens (B, N, C) or channels-last "
@@ -328,6 +329,7 @@ def default_layer(model: nn.Module, inputs: Tensor, target: Target = None) -> st
 #: ``t -> (B, C, h, w)``: how a layer's output (and its gradient) is read as a map.
 Reshape = Callable[[Tensor], Tensor]
 
+
 @dataclass
 class Capture:
     r"""The layer's activation (and gradient) for a batch, with the model's output.
@@ -365,8 +367,12 @@ class Capture:
 def _reshaped(reshape: Reshape, t: Tensor, name: str, batch: int) -> Tensor:
     """``reshape(t)``, checked to be a float ``(B, C, h, w)`` map."""
     out = reshape(t)
-    if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[0] == batch
-            and out.is_floating_point()):
+    if not (
+        isinstance(out, Tensor)
+        and out.dim() == 4
+        and out.shape[0] == batch
+        and out.is_floating_point()
+    ):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise LayerError(
             f"reshape= turned the output {tuple(t.shape)} of layer {name!r} into {shape}; it "
@@ -494,11 +500,11 @@ class CAMMethod(AttributionMethod):
         (:meth:`compute` is); ``inputs`` on the model's device.
         """
         grad = self.uses_gradients
-        layer = self.layer if self.layer is not None else _default_name(
-            self.model, inputs, target)
+        layer = self.layer if self.layer is not None else _default_name(self.model, inputs, target)
         with torch.enable_grad() if grad else torch.no_grad():
-            with LayerRecorder(self.model, layer, self.call, leaf=True,
-                               start_grad=grad) as recorder:
+            with LayerRecorder(
+                self.model, layer, self.call, leaf=True, start_grad=grad
+            ) as recorder:
                 output = self.model(inputs)
             activation = recorder.output
             layout = self._layout(recorder.name, activation, inputs)
@@ -518,8 +524,14 @@ class CAMMethod(AttributionMethod):
                 "layer or pass reshape="
             )
         model = self.model
-        return infer_layout(output, inputs.shape[0], lambda: token_info(model),
-                            (inputs.shape[-2], inputs.shape[-1]), name, convention=True)
+        return infer_layout(
+            output,
+            inputs.shape[0],
+            lambda: token_info(model),
+            (inputs.shape[-2], inputs.shape[-1]),
+            name,
+            convention=True,
+        )
 
     def _as_map(self, t: Tensor, layout: TokenLayout | None, name: str) -> Tensor:
         if layout is None:
@@ -544,8 +556,12 @@ class CAMMethod(AttributionMethod):
         dtype = torch.promote_types(activation.dtype, torch.float32)  # float64 stays float64
         act = self._as_map(activation.detach(), layout, name).to(dtype)
         grad = None if gradient is None else self._as_map(gradient.detach(), layout, name).to(dtype)
-        if grad is not None and self.layer is not None and layout is not None \
-                and layout.kind == "tokens":
+        if (
+            grad is not None
+            and self.layer is not None
+            and layout is not None
+            and layout.kind == "tokens"
+        ):
             self._warn_if_blind(grad, gradient, layout, name, inputs)
         return Capture(
             inputs=inputs,
@@ -567,7 +583,8 @@ class CAMMethod(AttributionMethod):
         reads_prefix = layout.prefix > 0 and bool(raw[:, : layout.prefix].ne(0).any())
         why = (
             "the classifier reads only the prefix (class) tokens after it"
-            if reads_prefix else "the target score does not depend on it"
+            if reads_prefix
+            else "the target score does not depend on it"
         )
         try:
             hint = f"; the default layer {_default_name(self.model, inputs, None)!r} works"

@@ -72,8 +72,7 @@ class GuidedGradCAM(GradCAM):
 
     def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
         """One pass when exact (see the module docstring), else Grad-CAM then guided backprop."""
-        layer = self.layer if self.layer is not None else _default_name(
-            self.model, inputs, target)
+        layer = self.layer if self.layer is not None else _default_name(self.model, inputs, target)
         key = (layer, self.call, tuple(inputs.shape[1:]))
         if _ONE_PASS.get(self.model, {}).get(key) is not False:
             out = self._one_pass(inputs, target, layer, key)
@@ -103,9 +102,7 @@ class GuidedGradCAM(GradCAM):
             layout = self._layout(recorder.name, activation, inputs)
             scores, indices = _resolve_scores(target, output)
             usable = (
-                scores.requires_grad
-                and activation.requires_grad
-                and not recorder.modified_in_place
+                scores.requires_grad and activation.requires_grad and not recorder.modified_in_place
             )
             _ONE_PASS.setdefault(self.model, {})[key] = usable
             if not usable:

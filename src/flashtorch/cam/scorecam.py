@@ -91,8 +91,9 @@ def scorecam_scores(
     with torch.no_grad():
         for start in range(0, total, internal_batch_size):
             stop = min(start + internal_batch_size, total)
-            up = F.interpolate(flat[start:stop], size=size, mode="bilinear",
-                               align_corners=align_corners)
+            up = F.interpolate(
+                flat[start:stop], size=size, mode="bilinear", align_corners=align_corners
+            )
             lo = up.amin(dim=(2, 3), keepdim=True)
             hi = up.amax(dim=(2, 3), keepdim=True)
             masks = (up - lo) / (hi - lo + 1e-8)

@@ -94,8 +94,10 @@ def list_layers(
             UserWarning,
             stacklevel=2,
         )
-        return [(n, getattr(m, "original_name", type(m).__name__), ()) + (("",) * layouts)
-                for n, m in named]
+        return [
+            (n, getattr(m, "original_name", type(m).__name__), ()) + (("",) * layouts)
+            for n, m in named
+        ]
 
     shapes: dict[str, tuple[int, ...]] = {}
     read: dict[str, str] = {}
@@ -107,8 +109,12 @@ def list_layers(
             if name not in shapes:
                 tensor = _first_tensor(output)
                 shapes[name] = () if tensor is None else tuple(tensor.shape)
-                if info is not None and tensor is not None and id(module) not in skip \
-                        and len(size) == 4:
+                if (
+                    info is not None
+                    and tensor is not None
+                    and id(module) not in skip
+                    and len(size) == 4
+                ):
                     layout = try_layout(tensor, size[0], info, (size[2], size[3]))
                     read[name] = layout.describe() if layout is not None else ""
 

@@ -214,8 +214,8 @@ def attribution_grid(
             for spine in ax.spines.values():
                 spine.set_visible(False)
             # method names label the first line of panels, image labels the first panel of lines
-            method_label, image_label = (ax.set_ylabel, ax.set_title) if methods_as_rows else (
-                ax.set_title, ax.set_ylabel
+            method_label, image_label = (
+                (ax.set_ylabel, ax.set_title) if methods_as_rows else (ax.set_title, ax.set_ylabel)
             )
             if i == 0:
                 method_label(column)

@@ -181,7 +181,8 @@ def compare_models(
             ax.imshow(to_image(images[r]))
             ax.imshow(heat_rgba(normalize_map(single[r, 0]), cmap=cmap, alpha=alpha))
             label = (
-                "" if result.predicted is None
+                ""
+                if result.predicted is None
                 else f"pred: {_label(int(result.predicted[r]), names[name])}"
             )
             if gt is not None:

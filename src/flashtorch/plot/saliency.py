@@ -70,8 +70,11 @@ def visualize(
     for r in range(rows):
         panels = (
             (to_image(images[r]), None, None),
-            (to_image(grads[r]) if grads.shape[1] in (1, 3) else to_image(grads[r].mean(0)),
-             None if grads.shape[1] == 3 else cmap, None),
+            (
+                to_image(grads[r]) if grads.shape[1] in (1, 3) else to_image(grads[r].mean(0)),
+                None if grads.shape[1] == 3 else cmap,
+                None,
+            ),
             (to_image(maxes[r]), cmap, None),
         )
         for c, (img, cm, _) in enumerate(panels):

@@ -55,8 +55,9 @@ class Context:
         if not self.distributed:
             return value
         box: list[Any] = [value if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, device=self.device
-                                   if self.device.type == "cuda" else None)
+        dist.broadcast_object_list(
+            box, src=0, device=self.device if self.device.type == "cuda" else None
+        )
         return box[0]
 
     def gather_max(self, value: float) -> float:

@@ -105,9 +105,15 @@ def _model_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _load(model: nn.Module | str, device: torch.device, seed: int, trust_pickle: bool,
-          size: int | None, mean: Sequence[float] | None, std: Sequence[float] | None,
-          ) -> tuple[nn.Module, str, tuple[float, ...], tuple[float, ...], int]:
+def _load(
+    model: nn.Module | str,
+    device: torch.device,
+    seed: int,
+    trust_pickle: bool,
+    size: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[nn.Module, str, tuple[float, ...], tuple[float, ...], int]:
     from ..utils.image import IMAGENET_MEAN, IMAGENET_STD
 
     if isinstance(model, (str, os.PathLike)):
@@ -131,12 +137,18 @@ def _load(model: nn.Module | str, device: torch.device, seed: int, trust_pickle:
             f"model must be an nn.Module or a model spec string, got {type(model).__name__}"
         )
     default_size = int(getattr(net, "input_size", default_size) or default_size)
-    return (net, spec, tuple(float(v) for v in (mean or default_mean)),
-            tuple(float(v) for v in (std or default_std)), int(size or default_size))
+    return (
+        net,
+        spec,
+        tuple(float(v) for v in (mean or default_mean)),
+        tuple(float(v) for v in (std or default_std)),
+        int(size or default_size),
+    )
 
 
-def _class_lookup(num_classes: int, class_names: Sequence[str] | None
-                  ) -> tuple[Callable[[str], int] | None, Callable[[int], str]]:
+def _class_lookup(
+    num_classes: int, class_names: Sequence[str] | None
+) -> tuple[Callable[[str], int] | None, Callable[[int], str]]:
     """(name -> index or None when the model has no class index, index -> name)."""
     if class_names is not None:
         names = [str(c) for c in class_names]
@@ -157,8 +169,9 @@ def _class_lookup(num_classes: int, class_names: Sequence[str] | None
     return None, lambda i: ""
 
 
-def _resolve_fixed_target(target: Any, num_classes: int,
-                          lookup: Callable[[str], int] | None) -> Any:
+def _resolve_fixed_target(
+    target: Any, num_classes: int, lookup: Callable[[str], int] | None
+) -> Any:
     if target is None or target in SOURCE_TARGETS or callable(target):
         return target
     if isinstance(target, bool):
@@ -185,8 +198,10 @@ def _resolve_fixed_target(target: Any, num_classes: int,
     )
 
 
-def _method_specs(methods: Sequence[str] | Mapping[str, Mapping[str, Any]] | str,
-                  options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+def _method_specs(
+    methods: Sequence[str] | Mapping[str, Mapping[str, Any]] | str,
+    options: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     if isinstance(methods, Mapping):
@@ -267,8 +282,10 @@ class _CleanOutput:
         if self.output is not None or not args or not isinstance(args[0], Tensor):
             return
         inp = args[0]
-        if inp.shape == self.x.shape and inp.device == self.x.device and torch.equal(
-            inp.detach(), self.x
+        if (
+            inp.shape == self.x.shape
+            and inp.device == self.x.device
+            and torch.equal(inp.detach(), self.x)
         ):
             with contextlib.suppress(Exception):
                 self.output = logits_of(output).detach()
@@ -316,16 +333,26 @@ class _Job:
     dtype: np.dtype
 
 
-def _process(job: _Job, batch: Mapping[str, Any], device: torch.device, fault: bool,
-             fault_mode: str, log: Any) -> int:
+def _process(
+    job: _Job,
+    batch: Mapping[str, Any],
+    device: torch.device,
+    fault: bool,
+    fault_mode: str,
+    log: Any,
+) -> int:
     indices = [int(i) for i in batch["index"]]
     ok = [bool(v) for v in batch["ok"]]
     records: dict[int, dict[str, Any]] = {}
     for k, i in enumerate(indices):
         crop = [float(v) for v in batch["crop"][k]]
         records[i] = {
-            "index": i, "status": "ok" if ok[k] else "error", "error": batch["error"][k],
-            "width": int(batch["width"][k]), "height": int(batch["height"][k]), "crop": crop,
+            "index": i,
+            "status": "ok" if ok[k] else "error",
+            "error": batch["error"][k],
+            "width": int(batch["width"][k]),
+            "height": int(batch["height"][k]),
+            "crop": crop,
         }
     rows = [k for k in range(len(indices)) if ok[k]]
     if rows:
@@ -353,23 +380,32 @@ def _process(job: _Job, batch: Mapping[str, Any], device: torch.device, fault: b
                 maps = res.maps
                 if explained is None and res.targets is not None:
                     explained = res.targets
-                job.store.write_rows(name, good, maps.detach().to("cpu").numpy().astype(
-                    job.dtype, copy=False))
+                job.store.write_rows(
+                    name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False)
+                )
                 if len(job.methods) > 1:
                     maps_for_agreement.append(maps)
                 for metric in job.metrics:
                     from ..metrics.faithfulness import perturbation_curve
 
                     curve = perturbation_curve(
-                        job.model, x, maps, res.targets if res.targets is not None else target,
-                        mode=metric, step=job.metric_step)  # type: ignore[arg-type]
+                        job.model,
+                        x,
+                        maps,
+                        res.targets if res.targets is not None else target,
+                        mode=metric,
+                        step=job.metric_step,
+                    )  # type: ignore[arg-type]
                     metric_values[f"{metric}_{name}"] = curve.auc.detach().float().cpu()
         output = clean.output
         if output is None:  # no method ran a clean pass we could see: one forward pass
             with preserved_state(job.model, eval_mode=True), torch.no_grad():
                 output = logits_of(job.model(x)).detach()
-        agreement = (_spearman_agreement(maps_for_agreement).cpu().tolist()
-                     if maps_for_agreement else [math.nan] * len(rows))
+        agreement = (
+            _spearman_agreement(maps_for_agreement).cpu().tolist()
+            if maps_for_agreement
+            else [math.nan] * len(rows)
+        )
         if output.dim() == 2:
             probs = output.float().softmax(1)
             top_p, top_i = probs.max(1)
@@ -385,8 +421,11 @@ def _process(job: _Job, batch: Mapping[str, Any], device: torch.device, fault: b
         tlist = explained.cpu().tolist() if explained is not None else [NO_TARGET] * len(rows)
         for j, i in enumerate(good):
             records[i].update(
-                target=int(tlist[j]), predicted=int(predicted[j]), score=float(score[j]),
-                target_score=float(target_score[j]), agreement=float(agreement[j]),
+                target=int(tlist[j]),
+                predicted=int(predicted[j]),
+                score=float(score[j]),
+                target_score=float(target_score[j]),
+                agreement=float(agreement[j]),
                 seconds={m: s for m, s in seconds.items()},
                 metrics={k: float(v[j]) for k, v in metric_values.items()},
             )
@@ -403,15 +442,37 @@ def _process(job: _Job, batch: Mapping[str, Any], device: torch.device, fault: b
 # --------------------------------------------------------------------------------------------
 
 
-def manifest_columns(source_paths: Sequence[str], records: Mapping[int, Mapping[str, Any]],
-                     methods: Sequence[str], metrics: Sequence[str],
-                     name_of: Callable[[int], str]) -> dict[str, list[Any]]:
+def manifest_columns(
+    source_paths: Sequence[str],
+    records: Mapping[int, Mapping[str, Any]],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    name_of: Callable[[int], str],
+) -> dict[str, list[Any]]:
     """The manifest's columns, one row per input (``status="missing"`` for rows not done)."""
     nan = math.nan
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "index", "path", "status", "error", "target", "target_name", "predicted",
-        "predicted_name", "score", "target_score", "width", "height", "crop_left", "crop_top",
-        "crop_width", "crop_height", "agreement")}
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "index",
+            "path",
+            "status",
+            "error",
+            "target",
+            "target_name",
+            "predicted",
+            "predicted_name",
+            "score",
+            "target_score",
+            "width",
+            "height",
+            "crop_left",
+            "crop_top",
+            "crop_width",
+            "crop_height",
+            "agreement",
+        )
+    }
     for m in methods:
         cols[f"seconds_{m}"] = []
     for metric in metrics:
@@ -545,8 +606,9 @@ def run(
     ctx = distributed.init(device)
     log = None
     try:
-        net, spec, mean_t, std_t, side = _load(model, ctx.device, seed, trust_pickle, size,
-                                               mean, std)
+        net, spec, mean_t, std_t, side = _load(
+            model, ctx.device, seed, trust_pickle, size, mean, std
+        )
         dev = ctx.device if isinstance(model, (str, os.PathLike)) else model_device(net)
         shape = probe_shape(src, side)
         with preserved_state(net, eval_mode=True), torch.no_grad():
@@ -557,10 +619,12 @@ def run(
         per_item_targets = None
         if target in SOURCE_TARGETS:
             if lookup is None:
+
                 def lookup(name: str) -> int:  # indices written as text still work
                     if name.strip().isdigit():
                         return int(name)
                     raise ClassNameError(f"no class index to look {name!r} up in")
+
             per_item_targets = item_targets(src, target, lookup)
             if per_item_targets is not None and num_classes:
                 out_of_range = [t for t in per_item_targets if not 0 <= t < num_classes]
@@ -619,21 +683,34 @@ def run(
         todo: list[int] = plan[1]
         mine = distributed.share(todo, ctx.rank, ctx.world_size)
         dataset = RunDataset(
-            src, side, mean_t, std_t, shape,
+            src,
+            side,
+            mean_t,
+            std_t,
+            shape,
             targets=per_item_targets,
             use_item_target=target == "column" and src.kind == "dataset",
             lookup=_name_table(lookup, class_names, num_classes),
         )
-        job = _Job(net, instances, store, fixed if fixed not in SOURCE_TARGETS else None,
-                   per_item_targets is not None or (target == "column" and src.kind == "dataset"),
-                   metrics, float(metric_step), int(seed), np.dtype(dtype))
+        job = _Job(
+            net,
+            instances,
+            store,
+            fixed if fixed not in SOURCE_TARGETS else None,
+            per_item_targets is not None or (target == "column" and src.kind == "dataset"),
+            metrics,
+            float(metric_step),
+            int(seed),
+            np.dtype(dtype),
+        )
         fault = _fault()
         log = store.progress_writer(ctx.rank)
         t0 = time.perf_counter()
-        with _bar(progress and ctx.rank == 0, len(todo), ctx.world_size) as bar, \
-                torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-            for number, batch in enumerate(_batches(dataset, mine, batch_size, num_workers,
-                                                    dev)):
+        with (
+            _bar(progress and ctx.rank == 0, len(todo), ctx.world_size) as bar,
+            torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []),
+        ):
+            for number, batch in enumerate(_batches(dataset, mine, batch_size, num_workers, dev)):
                 hit = fault is not None and fault[0] == ctx.rank and fault[1] == number
                 n = _process(job, batch, dev, hit, fault[2] if fault else "", log)
                 bar.update(n)
@@ -646,16 +723,24 @@ def run(
             store.write_manifest(columns, settings)
         ctx.barrier()
         statuses = [r.get("status") for r in records.values()]
-        return RunSummary(Path(out), len(src), statuses.count("ok"), statuses.count("error"),
-                          len(todo), seconds, complete)
+        return RunSummary(
+            Path(out),
+            len(src),
+            statuses.count("ok"),
+            statuses.count("error"),
+            len(todo),
+            seconds,
+            complete,
+        )
     finally:
         if log is not None:
             log.close()
         ctx.close()
 
 
-def _name_table(lookup: Callable[[str], int] | None, class_names: Sequence[str] | None,
-                num_classes: int) -> dict[str, int]:
+def _name_table(
+    lookup: Callable[[str], int] | None, class_names: Sequence[str] | None, num_classes: int
+) -> dict[str, int]:
     """Name -> index for Dataset targets given as names (resolved in the workers)."""
     if class_names is not None:
         return {str(c): i for i, c in enumerate(class_names)}
@@ -666,14 +751,23 @@ def _name_table(lookup: Callable[[str], int] | None, class_names: Sequence[str] 
     return {}
 
 
-def _batches(dataset: RunDataset, mine: Sequence[int], batch_size: int, num_workers: int,
-             device: torch.device) -> Iterator[dict[str, Any]]:
+def _batches(
+    dataset: RunDataset,
+    mine: Sequence[int],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> Iterator[dict[str, Any]]:
     if not mine:
         return iter(())
     loader = DataLoader(
-        Subset(dataset, list(mine)), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        Subset(dataset, list(mine)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
     )
     return iter(loader)
 
@@ -689,8 +783,15 @@ class _Bar:
 
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", desc="run", file=sys.stderr,
-                            dynamic_ncols=True, leave=False, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                unit="img",
+                desc="run",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+                smoothing=0.1,
+            )
 
     def update(self, n: int) -> None:
         if self.bar is not None:

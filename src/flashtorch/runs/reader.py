@@ -93,8 +93,9 @@ def open_run(path: str | os.PathLike[str]) -> Run:
 
         n = int(settings.get("n", 0))
         paths = [str(i) for i in range(n)]
-        cols = manifest_columns(paths, store.done(), methods, settings.get("metrics", []),
-                                lambda i: "")
+        cols = manifest_columns(
+            paths, store.done(), methods, settings.get("metrics", []), lambda i: ""
+        )
         manifest = pd.DataFrame(cols)
         manifest["path"] = ""  # the paths are written with the manifest, at the end
     complete = bool(len(manifest)) and bool((manifest["status"] != "missing").all())

@@ -54,8 +54,8 @@ def aggregate_html(run: Run) -> str:
             f'<td class="num">{_fmt(_mean(ok.get(f"{m}_{method}", [])))}</td>' for m in metrics
         )
         rows.append(
-            f"<tr><td>{_e(method)}</td><td class=\"num\">{len(ok)}</td>"
-            f"<td class=\"num\">{_fmt(secs * 1000, 1)} ms</td>{cells}</tr>"
+            f'<tr><td>{_e(method)}</td><td class="num">{len(ok)}</td>'
+            f'<td class="num">{_fmt(secs * 1000, 1)} ms</td>{cells}</tr>'
         )
     counts = frame["status"].value_counts().to_dict()
     summary = ", ".join(f"{int(v)} {_e(k)}" for k, v in sorted(counts.items()))
@@ -64,13 +64,15 @@ def aggregate_html(run: Run) -> str:
         f"<li><b>{_e(r.path)}</b>: {_e(r.error)}</li>" for r in errors.head(10).itertuples()
     )
     more = f"<li>... and {len(errors) - 10} more</li>" if len(errors) > 10 else ""
-    err_html = (f'<h2>Errors</h2><ul class="errors">{err_items}{more}</ul>'
-                if len(errors) else "")
+    err_html = f'<h2>Errors</h2><ul class="errors">{err_items}{more}</ul>' if len(errors) else ""
     agreement = _mean(ok.get("agreement", []))
-    agree = (f'<p class="note">Mean agreement between methods (Spearman correlation of the '
-             f'maps): {_fmt(agreement)}.</p>' if math.isfinite(agreement) else "")
-    note = ("Deletion: lower is better; insertion: higher is better. "
-            if metrics else "")
+    agree = (
+        f'<p class="note">Mean agreement between methods (Spearman correlation of the '
+        f"maps): {_fmt(agreement)}.</p>"
+        if math.isfinite(agreement)
+        else ""
+    )
+    note = "Deletion: lower is better; insertion: higher is better. " if metrics else ""
     return (
         '<div class="box" style="margin-bottom:20px"><h2>Aggregate over the run</h2>'
         f"<p>{len(frame)} images: {summary}.</p>"
@@ -93,8 +95,12 @@ def pick_sample(run: Run, per_group: int | None = None) -> list[tuple[str, int]]
     ]
     if len(run.methods) > 1:
         finite = ok[np.isfinite(ok["agreement"].astype(float))]
-        groups.append(("methods disagree most",
-                       finite.sort_values(["agreement", "index"], ascending=[True, True])))
+        groups.append(
+            (
+                "methods disagree most",
+                finite.sort_values(["agreement", "index"], ascending=[True, True]),
+            )
+        )
     picked: list[tuple[str, int]] = []
     seen: set[int] = set()
     for name, ordered in groups:
@@ -139,9 +145,15 @@ def _thumb(array: np.ndarray) -> bytes:
     return encode_png(np.asarray(image))
 
 
-def build_run_report(path: str | os.PathLike[str], *, command: str, title: str,
-                     cmap: str = "jet", alpha: float = 0.75,
-                     per_group: int | None = None) -> str:
+def build_run_report(
+    path: str | os.PathLike[str],
+    *,
+    command: str,
+    title: str,
+    cmap: str = "jet",
+    alpha: float = 0.75,
+    per_group: int | None = None,
+) -> str:
     """The HTML report of the run in ``path`` (see the module docstring)."""
     from ..report import ImageEntry, MapPanel, Prediction, build_report, image_rgb, overlay_rgb
 
@@ -155,20 +167,35 @@ def build_run_report(path: str | os.PathLike[str], *, command: str, title: str,
         panels = []
         for method in run.methods:
             maps = torch.from_numpy(np.asarray(run.maps[method][index], dtype=np.float32))
-            base = picture if picture is not None and tuple(picture.shape[1:]) == tuple(
-                maps.shape[1:]) else torch.full((3, *maps.shape[1:]), 0.5)
+            base = (
+                picture
+                if picture is not None and tuple(picture.shape[1:]) == tuple(maps.shape[1:])
+                else torch.full((3, *maps.shape[1:]), 0.5)
+            )
             png = _thumb(overlay_rgb(base, maps, cmap, alpha))
             target = f"{row['target_name'] or 'class'} ({int(row['target'])})"
-            panels.append(MapPanel(method, png, float(row.get(f"seconds_{method}", 0.0)),
-                                   target, _metric_note(row, method, run.settings)))
+            panels.append(
+                MapPanel(
+                    method,
+                    png,
+                    float(row.get(f"seconds_{method}", 0.0)),
+                    target,
+                    _metric_note(row, method, run.settings),
+                )
+            )
         shown = picture if picture is not None else torch.full((3, 8, 8), 0.5)
         label = row["predicted_name"] or f"class {int(row['predicted'])}"
         name = f"{group}: {row['path']}"
         if math.isfinite(float(row["agreement"])):
             name += f" (agreement {float(row['agreement']):.2f})"
-        entries.append(ImageEntry(name, _thumb(image_rgb(shown)),
-                                  [Prediction(int(row["predicted"]), label,
-                                              float(row["score"]))], panels))
+        entries.append(
+            ImageEntry(
+                name,
+                _thumb(image_rgb(shown)),
+                [Prediction(int(row["predicted"]), label, float(row["score"]))],
+                panels,
+            )
+        )
     details = {
         "images": len(run.manifest),
         "shown": f"{len(entries)} (a sample: most and least confident, most disagreement)",
@@ -178,7 +205,11 @@ def build_run_report(path: str | os.PathLike[str], *, command: str, title: str,
         "complete": "yes" if run.complete else "no (unfinished run)",
     }
     return build_report(
-        entries, command=command, title=title, details=details, cmap=cmap,
+        entries,
+        command=command,
+        title=title,
+        details=details,
+        cmap=cmap,
         timing_note="Seconds per image of the shown images, measured during the run.",
         extra_html=aggregate_html(run),
     )

@@ -124,9 +124,11 @@ def resolve_source(source: str | os.PathLike[str] | Dataset) -> Source:
         FileNotFoundError: the path does not exist.
         InputError: an empty folder or list, or an object that is not a sized Dataset.
     """
-    if isinstance(source, Dataset) or (hasattr(source, "__getitem__")
-                                       and hasattr(source, "__len__")
-                                       and not isinstance(source, (str, os.PathLike))):
+    if isinstance(source, Dataset) or (
+        hasattr(source, "__getitem__")
+        and hasattr(source, "__len__")
+        and not isinstance(source, (str, os.PathLike))
+    ):
         try:
             n = len(source)  # type: ignore[arg-type]
         except TypeError:
@@ -137,12 +139,18 @@ def resolve_source(source: str | os.PathLike[str] | Dataset) -> Source:
         if n == 0:
             raise InputError("the Dataset is empty")
         name = f"{type(source).__module__}.{type(source).__qualname__}"
-        return Source("dataset", None, [f"dataset[{i}]" for i in range(n)], None, None,
-                      source, _digest([name, str(n)]))  # type: ignore[arg-type]
+        return Source(
+            "dataset",
+            None,
+            [f"dataset[{i}]" for i in range(n)],
+            None,
+            None,
+            source,
+            _digest([name, str(n)]),
+        )  # type: ignore[arg-type]
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(
-            f"source must be a folder, a list file or a torch Dataset, got "
-            f"{type(source).__name__}"
+            f"source must be a folder, a list file or a torch Dataset, got {type(source).__name__}"
         )
     root = Path(source).expanduser()
     if not root.exists():
@@ -286,8 +294,13 @@ class RunDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {
-            "index": index, "ok": True, "error": "", "target": NO_TARGET,
-            "width": 0, "height": 0, "crop": torch.full((4,), float("nan"), dtype=torch.float64),
+            "index": index,
+            "ok": True,
+            "error": "",
+            "target": NO_TARGET,
+            "width": 0,
+            "height": 0,
+            "crop": torch.full((4,), float("nan"), dtype=torch.float64),
         }
         try:
             image, target = self._raw(index)
@@ -297,17 +310,25 @@ class RunDataset(Dataset):
                     f"item {index} has shape {tuple(x.shape)}, but the run's inputs are "
                     f"{self.shape} (set by item 0); make every item the same size"
                 )
-            item.update(image=x, width=width, height=height,
-                        crop=torch.tensor(crop, dtype=torch.float64))
+            item.update(
+                image=x, width=width, height=height, crop=torch.tensor(crop, dtype=torch.float64)
+            )
             if self.targets is not None:
                 item["target"] = int(self.targets[index])
             elif self.use_item_target:
                 item["target"] = self._target(target)
         except Exception as exc:  # a bad item is an error row, never a dead worker
-            text = str(exc) if isinstance(exc, (InputError, TargetError, OSError)) else (
-                f"{type(exc).__name__}: {exc}")
-            item.update(ok=False, error=" ".join(text.split()) or type(exc).__name__,
-                        image=torch.zeros(self.shape, dtype=torch.float32), target=NO_TARGET)
+            text = (
+                str(exc)
+                if isinstance(exc, (InputError, TargetError, OSError))
+                else (f"{type(exc).__name__}: {exc}")
+            )
+            item.update(
+                ok=False,
+                error=" ".join(text.split()) or type(exc).__name__,
+                image=torch.zeros(self.shape, dtype=torch.float32),
+                target=NO_TARGET,
+            )
         return item
 
     def _raw(self, index: int) -> tuple[Any, Any]:

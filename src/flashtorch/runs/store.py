@@ -71,8 +71,9 @@ def require_runs_extra() -> tuple[Any, Any]:
 
 
 def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if k not in UNCOMPARED
-            and old.get(k) != new.get(k)]
+    keys = [
+        k for k in sorted(set(old) | set(new)) if k not in UNCOMPARED and old.get(k) != new.get(k)
+    ]
     parts = []
     for key in keys[:3]:
         parts.append(f"{key}: {_short(new.get(key))} now, {_short(old.get(key))} in the run")
@@ -176,8 +177,12 @@ class RunStore:
         group = self.zarr.open_group(str(self.maps_path), mode="w", zarr_format=3)
         for name, shape in layout.items():
             group.create_array(
-                name, shape=tuple(int(s) for s in shape), chunks=(1, *shape[1:]), dtype=dtype,
-                fill_value=0, compressors=self.zarr.codecs.ZstdCodec(level=3),
+                name,
+                shape=tuple(int(s) for s in shape),
+                chunks=(1, *shape[1:]),
+                dtype=dtype,
+                fill_value=0,
+                compressors=self.zarr.codecs.ZstdCodec(level=3),
                 dimension_names=("image", "channel", "y", "x"),
             )
         # settings last: a store without them is an unfinished creation, refused above
@@ -231,8 +236,7 @@ class RunStore:
 
     # ---------------------------------------------------------------- manifest
 
-    def write_manifest(self, columns: Mapping[str, list[Any]], settings: Mapping[str, Any]
-                       ) -> Path:
+    def write_manifest(self, columns: Mapping[str, list[Any]], settings: Mapping[str, Any]) -> Path:
         """Write ``manifest.parquet`` atomically (temporary file + rename)."""
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -143,15 +143,21 @@ class Backprop:
         from ..plot import visualize as plot_visualize
 
         how = _reduction(take_max) or "max_abs"
-        gradients = self.calculate_gradients(input_, target_class, guided=guided,
-                                             use_gpu=use_gpu)
+        gradients = self.calculate_gradients(input_, target_class, guided=guided, use_gpu=use_gpu)
         full = self.gradients
         assert full is not None
         max_gradients = reduce_channels(full, how).to(gradients.device)
         if full.shape[0] == 1:
             max_gradients = max_gradients[0]
-        fig = plot_visualize(input_, gradients, max_gradients, cmap=cmap, alpha=alpha,
-                             figsize=figsize, save_path=save_path)
+        fig = plot_visualize(
+            input_,
+            gradients,
+            max_gradients,
+            cmap=cmap,
+            alpha=alpha,
+            figsize=figsize,
+            save_path=save_path,
+        )
         return (gradients, max_gradients) if return_output else fig
 
 

@@ -210,8 +210,7 @@ class IntegratedGradients(AttributionMethod):
         self.std = tuple(float(s) for s in std)
         if len(self.mean) != len(self.std) or not all(s > 0 for s in self.std):
             raise MethodError(
-                f"mean and std need one value per channel and std > 0; got mean={mean}, "
-                f"std={std}"
+                f"mean and std need one value per channel and std > 0; got mean={mean}, std={std}"
             )
         self.blur_sigma = check_option_float(blur_sigma, "blur_sigma", positive=True)
         if seed is not None and not isinstance(seed, torch.Generator):
@@ -250,8 +249,10 @@ class IntegratedGradients(AttributionMethod):
         cache = self._node_cache
         if key not in cache:
             # cast on the host: some devices (MPS) have no float64
-            cache[key] = (torch.as_tensor(self.alphas, dtype=x.dtype).to(x.device),
-                          torch.as_tensor(self.weights, dtype=x.dtype).to(x.device))
+            cache[key] = (
+                torch.as_tensor(self.alphas, dtype=x.dtype).to(x.device),
+                torch.as_tensor(self.weights, dtype=x.dtype).to(x.device),
+            )
         return cache[key]
 
     def shared_baseline(self) -> bool:
@@ -294,8 +295,11 @@ class IntegratedGradients(AttributionMethod):
                     self.model, torch.cat([x, base[:1] if shared else base], 0), size
                 )
                 output = take_rows(both, slice(0, batch))
-                base_out = _repeat_row(both, batch, x.device) if shared else take_rows(
-                    both, slice(batch, None))
+                base_out = (
+                    _repeat_row(both, batch, x.device)
+                    if shared
+                    else take_rows(both, slice(batch, None))
+                )
                 scores, indices = explained_scores(target, output)
                 base_scores, _ = explained_scores(
                     target if indices is None else CheckedIndices(indices), base_out
@@ -309,7 +313,8 @@ class IntegratedGradients(AttributionMethod):
             path = base[img] + a * diff[img]
             row_targets = (
                 # indices known: the clean pass, or every image already met on the path
-                row_target(target, indices, img) if clean or start >= batch
+                row_target(target, indices, img)
+                if clean or start >= batch
                 else rows_of_target(target, batch, start, stop)
             )
             out = input_gradients(self.model, path, row_targets, method=self.name)
@@ -348,7 +353,7 @@ class IntegratedGradients(AttributionMethod):
 def _repeat_row(both: Any, batch: int, device: torch.device) -> Any:
     """Row ``batch`` (the shared baseline's output) repeated ``batch`` times."""
     if isinstance(both, Tensor):
-        row = both[batch:batch + 1]
+        row = both[batch : batch + 1]
         return row.expand(batch, *row.shape[1:])
     index = torch.full((batch,), batch, dtype=torch.long, device=device)
     return take_rows(both, index)

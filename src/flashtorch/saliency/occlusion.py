@@ -191,8 +191,13 @@ class Occlusion(AttributionMethod):
                 if indices is None:
                     occ_scores, _ = explained_scores(target, out)
                 else:
-                    occ_scores = (out if out.dim() > 1 else out[:, None]).gather(  # (B,): one logit
-                        1, indices[img][:, None]).squeeze(1)
+                    occ_scores = (
+                        (out if out.dim() > 1 else out[:, None])
+                        .gather(  # (B,): one logit
+                            1, indices[img][:, None]
+                        )
+                        .squeeze(1)
+                    )
                 drop = (scores[img] - occ_scores.to(scores.dtype)).to(x.dtype)
                 total.index_add_(0, img, drop.view(-1, 1, 1, 1) * m.to(x.dtype))
         return MethodOutput(total / counts, output, indices, scores)

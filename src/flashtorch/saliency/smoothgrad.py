@@ -260,7 +260,8 @@ class SmoothGrad(AttributionMethod):
             noisy = stream.noisy(start, stop, rows, img)
             row_targets = (
                 # indices known: the clean pass, or every image already met
-                row_target(target, indices, img) if clean or start >= batch
+                row_target(target, indices, img)
+                if clean or start >= batch
                 else rows_of_target(target, batch, start, stop)
             )
             res = self.base.compute(noisy, row_targets)
@@ -278,7 +279,7 @@ class SmoothGrad(AttributionMethod):
             if self.variant == "vargrad":
                 if start < batch:  # the first sample of some images (known on the host)
                     first = min(stop, batch) - start
-                    shift[start:start + first] = maps[:first]
+                    shift[start : start + first] = maps[:first]
                 maps = maps - shift[img]
             if self.variant != "squared":
                 acc.index_add_(0, img, maps)

@@ -190,8 +190,10 @@ def denormalize(
 
     Works on ``(3, H, W)`` and ``(B, 3, H, W)``.
     """
-    if not isinstance(tensor, Tensor) or tensor.dim() not in (3, 4) or tensor.shape[-3] != len(
-        mean
+    if (
+        not isinstance(tensor, Tensor)
+        or tensor.dim() not in (3, 4)
+        or tensor.shape[-3] != len(mean)
     ):
         shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
         raise InputError(f"denormalize expects (3, H, W) or (B, 3, H, W), got {shape}")
