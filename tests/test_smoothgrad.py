@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -256,3 +258,24 @@ def test_named_variant_entries_refuse_another_variant(model):
 def test_bad_target(model, x):
     with pytest.raises(TargetError):
         SmoothGrad(model, n_samples=2)(x, target=99)
+
+
+@pytest.mark.parametrize("name", ["smoothgrad_sq", "vargrad"])
+def test_half_precision_model_accumulates_in_float32(name):
+    # gradients of a few 1e-4: their squares are near float16's smallest subnormal (6e-8), so
+    # sums taken in float16 came out all zeros (squared) or one subnormal step (vargrad)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 3)).eval()
+    with torch.no_grad():
+        net[3].weight.mul_(0.02)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    want = METHODS[name](net, n_samples=8, noise=0.1)(x, target=[0, 1]).maps
+    half, xh = copy.deepcopy(net).half(), x.half()
+    before = xh.clone()
+    got = METHODS[name](half, n_samples=8, noise=0.1)(xh, target=[0, 1]).maps
+    assert got.dtype == torch.float32  # the float32 sums are returned as they are
+    assert torch.equal(xh, before)
+    cos = nn.functional.cosine_similarity(got.flatten(1).double(), want.flatten(1).double())
+    assert cos.min() > 0.999, cos  # float16 gradients: 0.9995; float16 sums: 0.3-0.98
+    torch.testing.assert_close(got.flatten(1).amax(1), want.flatten(1).amax(1), rtol=0.01, atol=0)

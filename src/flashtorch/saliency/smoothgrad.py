@@ -62,6 +62,8 @@ from ._sampling import (
 )
 
 VARIANTS = ("mean", "squared", "vargrad")
+#: map dtypes whose sums and squares are taken in float32 (and whose maps come back float32)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _base_class(base: str | type[AttributionMethod]) -> type[AttributionMethod]:
@@ -132,6 +134,9 @@ class SmoothGrad(AttributionMethod):
     batch of ``n_samples x B`` rows in internal batches of ``internal_batch_size`` rows (peak
     memory = one internal batch), plus one gradient-free forward of the clean batch to fix the
     target (``clean_pass=False`` skips it for explicit targets).
+
+    On a float16 or bfloat16 model the per-sample maps are summed and squared in float32 and
+    the maps come back as float32: the square of a half-precision gradient underflows.
 
     Args:
         model: the classifier.
@@ -265,6 +270,10 @@ class SmoothGrad(AttributionMethod):
             )
             res = self.base.compute(noisy, row_targets)
             maps = res.maps.detach()
+            if maps.dtype in _LOW_PRECISION:
+                # a half-precision gradient's square underflows (1e-4 squared is below
+                # float16's smallest subnormal) and n-term sums lose digits: sum in float32
+                maps = maps.float()
             if not clean and res.targets is not None and start < batch:
                 if indices is None:
                     indices = res.targets.new_zeros(batch)
