@@ -101,8 +101,10 @@ def test_rss_sees_fresh_pages(bench):
 
 
 def test_rss_sampler_catches_a_transient_peak(bench, monkeypatch):
+    from flashbench import harness  # the sampler reads the harness module's rss_bytes
+
     level = {"bytes": 100}
-    monkeypatch.setattr(bench, "rss_bytes", lambda: level["bytes"])
+    monkeypatch.setattr(harness, "rss_bytes", lambda: level["bytes"])
     with bench.RssSampler(interval=0.0005) as s:
         level["bytes"] = 500  # a peak the block frees before it ends
         time.sleep(0.05)  # the sampling thread runs meanwhile
@@ -249,3 +251,91 @@ def test_vit_cam_benchmark_quick_run(bench):
     assert report["min_correlation"] > 0.99  # the same map as the peer's
     assert set(report["ms_per_image"]) == {module.LIMIT, module.OURS, module.PEER}
     assert "flashtorch / pytorch-grad-cam" in module.markdown(report)
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmarks/flashbench package
+# --------------------------------------------------------------------------------------------
+
+
+def test_benchmarked_methods_are_the_registry_less_the_exclusions(bench):
+    from flashbench import registry
+
+    import flashtorch
+
+    assert registry.unclassified() == []  # a method with no family must be excluded, with why
+    assert bench.DEFAULT_METHODS == tuple(
+        n for n in flashtorch.METHODS if n not in registry.EXCLUDED)
+    assert set(registry.EXCLUDED) <= set(flashtorch.METHODS)
+    assert all(why.strip() for why in registry.EXCLUDED.values())
+    assert bench.Config().methods == bench.DEFAULT_METHODS
+
+
+def test_a_new_method_needs_a_decision(bench, monkeypatch):
+    from flashbench import registry
+
+    import flashtorch
+    from flashtorch.attribution import AttributionMethod
+    from flashtorch.saliency import Gradient
+
+    class Novel(AttributionMethod):
+        name = "novel"
+
+        def compute(self, inputs, target):  # pragma: no cover - never called
+            raise NotImplementedError
+
+    class Variant(Gradient):
+        name = "variant"
+
+    monkeypatch.setitem(flashtorch.METHODS, "novel", Novel)
+    monkeypatch.setitem(flashtorch.METHODS, "variant", Variant)
+    assert registry.unclassified() == ["novel"]  # the test above fails until it is decided
+    assert registry.family_map()["variant"] == "gradient"  # a gradient method is timed as one
+    assert "variant" in registry.benchmarked_methods()
+
+
+def test_smoothgrad_family_case_has_every_variant_and_its_peer(bench):
+    spec = bench.build_model("tiny", torch.device("cpu"))
+    cfg = bench.Config(quick=True, legacy_path="")
+    env = bench.Env(spec, cfg, torch.device("cpu"))
+    (case,) = bench.build_cases(env, (1,), ("smoothgrad_sq", "vargrad"))
+    names = {c.name for c in case.candidates}
+    assert case.family == "smoothgrad"
+    assert {"flashtorch smoothgrad_sq exact", "flashtorch vargrad fast"} <= names
+    assert not any(c.method == "smoothgrad" for c in case.candidates)
+    if env.captum is not None:
+        assert {"captum NoiseTunnel(Saliency) smoothgrad_sq",
+                "captum NoiseTunnel(Saliency) vargrad"} <= names
+    with pytest.raises(SystemExit, match="bench_rollout"):
+        bench.build_cases(env, (1,), ("gradient_rollout",))
+
+
+def test_the_scripts_share_the_package_harness(bench):
+    from flashbench import harness, limits, models
+
+    assert bench.time_case is harness.time_case and bench.raw_limit is limits.raw_limit
+    for script in ("bench_rollout.py", "bench_vit_cam.py"):
+        text = (ROOT / "benchmarks" / script).read_text()
+        assert "from flashbench.harness import" in text
+        assert "def time_rounds" not in text and "def build_model" not in text
+    assert models.build_vit.__module__ == "flashbench.models"
+
+
+def test_time_rounds_interleaves_and_rotates(bench):
+    from flashbench.harness import time_rounds
+
+    calls = []
+    cands = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    times, outputs = time_rounds(cands, rounds=3, clock="cpu", log=lambda _s: None)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(len(v) == 3 for v in times.values()) and set(outputs) == set("abc")
+
+
+def test_no_machine_paths_in_the_benchmarks():
+    import re
+
+    literal = re.compile(r"""["'](/work|/home|/tmp|/Users|[A-Z]:\\\\)""")
+    files = sorted((ROOT / "benchmarks").rglob("*.py")) + [ROOT / "benchmarks" / "README.md"]
+    hits = [f"{p.name}:{i}" for p in files
+            for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]
+    assert hits == []
