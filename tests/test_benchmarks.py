@@ -339,3 +339,16 @@ def test_no_machine_paths_in_the_benchmarks():
     hits = [f"{p.name}:{i}" for p in files
             for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]
     assert hits == []
+
+
+def test_no_measured_figures_in_the_package_docstrings():
+    """Timings go stale in docstrings: they belong in benchmarks/results (issue 16)."""
+    import re
+
+    timing = re.compile(r"\d\s?(ms|µs|us)\b|\d(\.\d+)?x (faster|slower|as fast|the )"
+                        r"|\d\s?% (faster|slower|of the time)")
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+            for p in sorted((ROOT / "src" / "flashtorch").rglob("*.py"))
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if timing.search(line)]
+    assert hits == []
