@@ -352,3 +352,36 @@ def test_no_measured_figures_in_the_package_docstrings():
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
             if timing.search(line)]
     assert hits == []
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoothness_total_variation_hand_computed():
+    smooth = _script("smoothness")
+    flat = torch.ones(1, 1, 2, 2)
+    step = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]]]])  # scaled to sum 1: 1/8, 3/8
+    assert float(smooth.total_variation(flat)) == 0.0
+    assert float(smooth.total_variation(step)) == pytest.approx(2 * (3 - 1) / 8)
+    assert float(smooth.total_variation(10 * step)) == pytest.approx(0.5)  # scale-free
+
+
+def test_smoothness_quick_run():
+    smooth = _script("smoothness")
+    threads = torch.get_num_threads()
+    try:
+        report = smooth.run(smooth.parse_args(["--quick"]), log=lambda _s: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert {(r["noise"], r["n_samples"]) for r in report["smoothgrad"]} == {
+        (0.1, 4), (0.1, 8), (0.2, 4), (0.2, 8)}
+    for r in report["smoothgrad"]:
+        assert all(0 < v < 2 for v in r["tv_ratio"]) and all(-1 <= v <= 1 for v in
+                                                            r["seed_agreement"])
+    assert [r["steps"] for r in report["integrated_gradients"]] == [4, 8]
+    assert all(v >= 0 for r in report["integrated_gradients"] for v in r["relative_delta"])
+    assert "| noise | n_samples | TV ratio |" in smooth.to_markdown(report)
