@@ -385,3 +385,13 @@ def test_smoothness_quick_run():
     assert [r["steps"] for r in report["integrated_gradients"]] == [4, 8]
     assert all(v >= 0 for r in report["integrated_gradients"] for v in r["relative_delta"])
     assert "| noise | n_samples | TV ratio |" in smooth.to_markdown(report)
+
+
+def test_saved_reports_keep_no_machine_paths(bench, tmp_path):
+    from flashbench.harness import portable_path
+
+    assert portable_path(str(ROOT / "benchmarks" / "results")) == "benchmarks/results"
+    assert portable_path(str(tmp_path / "legacy")) == ".../legacy"
+    assert portable_path("") == ""
+    cls, why = bench.load_legacy(str(tmp_path / "nowhere"))
+    assert cls is None and str(tmp_path) not in why

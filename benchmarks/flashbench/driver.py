@@ -16,7 +16,7 @@ import torch
 
 from .cases import Config, Env, build_cases
 from .floors import check_floors
-from .harness import keep_heap, loadavg, machine_info, set_threads, time_case
+from .harness import keep_heap, loadavg, machine_info, portable_path, set_threads, time_case
 from .memory import measure_memory, run_memory_child
 from .models import build_model
 from .registry import HEAVY
@@ -49,7 +49,9 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         # two approximations. Every candidate runs the same way.
         torch.backends.cudnn.allow_tf32 = cfg.tf32
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-    report: dict[str, Any] = {"machine": machine_info(device), "config": dict(cfg.__dict__),
+    config = dict(cfg.__dict__, out=portable_path(cfg.out),
+                  legacy_path=portable_path(cfg.legacy_path))
+    report: dict[str, Any] = {"machine": machine_info(device), "config": config,
                               "results": [], "memory": {}, "notes": []}
     report["machine"]["allocator"] = (
         keep_heap() if cfg.malloc == "heap" and device.type == "cpu" else "default allocator")

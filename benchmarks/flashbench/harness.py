@@ -320,6 +320,21 @@ def measure_candidate_memory(c: Candidate, device: torch.device) -> dict[str, fl
     return {"peak_mb": (s.peak - base) / 2**20, "persistent_mb": (base - before_warm) / 2**20}
 
 
+def portable_path(path: str) -> str:
+    """``path`` as a report may keep it: relative to the repository when inside it, else only
+    its last component (no machine's directory layout in saved results)."""
+    if not path:
+        return path
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    p = Path(path).expanduser().resolve()
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return f".../{p.name}"
+
+
 def loadavg() -> tuple[float, float, float] | None:
     """``os.getloadavg()`` where the platform has it."""
     return os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .harness import Candidate, silent
+from .harness import Candidate, portable_path, silent
 
 #: where FlashTorch 0.1.3 is looked for unless ``--legacy-path`` says (no default location)
 DEFAULT_LEGACY = os.environ.get("FLASHTORCH013_PATH", "")
@@ -60,9 +60,9 @@ def load_legacy(path: str) -> tuple[Any, str]:
     the environment itself: it would replace flashtorch 1.0).
     """
     if not path or not os.path.isdir(os.path.join(path, "flashtorch")):
-        return None, (f"FlashTorch 0.1.3 not found at {path!r} (pip install --no-deps --target "
-                      "DIR flashtorch==0.1.3 importlib_resources; pass --legacy-path DIR or set "
-                      "FLASHTORCH013_PATH)")
+        return None, (f"FlashTorch 0.1.3 not found at {portable_path(path)!r} (pip install "
+                      "--no-deps --target DIR flashtorch==0.1.3 importlib_resources; pass "
+                      "--legacy-path DIR or set FLASHTORCH013_PATH)")
     os.environ.setdefault("MPLBACKEND", "Agg")
     ours = {k: v for k, v in sys.modules.items()
             if k == "flashtorch" or k.startswith("flashtorch.")}
@@ -74,7 +74,7 @@ def load_legacy(path: str) -> tuple[Any, str]:
             warnings.simplefilter("ignore")
             backprop = importlib.import_module("flashtorch.saliency.backprop")
             version = sys.modules["flashtorch"].__dict__.get("__version__", "?")
-        return backprop.Backprop, f"FlashTorch {version} from {path}"
+        return backprop.Backprop, f"FlashTorch {version} from {portable_path(path)}"
     except Exception as exc:
         return None, f"FlashTorch 0.1.3 not importable on torch {torch.__version__}: {exc!r}"
     finally:
