@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_attribution import build_model
+from flashbench.models import build_model
 from torch import Tensor, nn
 
 import flashtorch

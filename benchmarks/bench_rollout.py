@@ -7,7 +7,7 @@ parameters frozen - of the same model with attention computed **unfused** (timm
 ``fused_attn=False``: the probabilities materialised, as any method that reads them needs).
 
 Candidates, side by side in one process, interleaved rounds (the conventions of
-``bench_attribution.py``: warm-up round, round-robin starting one candidate later each round,
+``flashbench.harness``: warm-up round, round-robin starting one candidate later each round,
 median, ``gc`` frozen and disabled around each call, glibc heap kept):
 
 * ``limit (unfused attention)`` - the floor's reference;
@@ -31,23 +31,24 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import gc
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_attribution import cosine, keep_heap, rel_noise  # noqa: E402
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from flashbench.harness import cosine, keep_heap, rel_noise, time_rounds  # noqa: E402
+from flashbench.limits import forward_only, raw_limit  # noqa: E402
+from flashbench.models import build_vit as build_model  # noqa: E402
 
 FLOOR = 1.15
 LIMIT = "limit (unfused attention)"
@@ -67,63 +68,6 @@ def frozen(model: nn.Module, fused: bool) -> nn.Module:
     for p in net.parameters():
         p.requires_grad_(False)
     return set_fused(net, fused)
-
-
-def raw_limit(model: nn.Module, x: Tensor, idx: Tensor) -> Tensor:
-    """Forward + ``torch.autograd.grad`` of the target scores w.r.t. the input."""
-    xx = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = model(xx)
-        (g,) = torch.autograd.grad(out.gather(1, idx[:, None]).sum(), xx)
-    return g
-
-
-def forward_only(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x)
-
-
-def build_model(name: str) -> nn.Module:
-    import timm
-
-    torch.manual_seed(0)
-    if name == "tiny":
-        return timm.models.VisionTransformer(
-            img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
-        ).eval()
-    return timm.create_model(name, pretrained=False).eval()
-
-
-def time_rounds(
-    candidates: dict[str, Callable[[], Any]], rounds: int, clock: str, log: Callable[[str], None]
-) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """One warm-up call each, then ``rounds`` interleaved rounds (rotating start)."""
-    timer = time.process_time if clock == "cpu" else time.perf_counter
-    names = list(candidates)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    outputs: dict[str, Any] = {}
-    gc.collect()
-    gc.freeze()
-    try:
-        for n in names:
-            outputs[n] = candidates[n]()
-        for r in range(rounds):
-            shift = r % len(names)
-            for n in names[shift:] + names[:shift]:
-                gc.collect()
-                gc.disable()
-                try:
-                    t0 = timer()
-                    candidates[n]()
-                    times[n].append(timer() - t0)
-                finally:
-                    gc.enable()
-            log(
-                f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
-            )
-    finally:
-        gc.unfreeze()
-    return times, outputs
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -7,7 +7,7 @@ layer (ratio <= 1.0 in one run), on timm ``vit_small_patch16_224`` (random weigh
 ``pretrained=False``, nothing is downloaded) at batch 16 on the CPU.
 
 Candidates, side by side in one process, interleaved rounds (the conventions of
-``bench_attribution.py``: a warm-up call each, round-robin starting one candidate later each
+``flashbench.harness``: a warm-up call each, round-robin starting one candidate later each
 round, median, ``gc`` frozen and disabled around each call, glibc heap kept):
 
 * ``limit (to the layer)`` - forward + ``torch.autograd.grad`` of the target scores w.r.t. the
@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,27 +44,19 @@ from typing import Any
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_attribution import keep_heap, layer_limit, rel_noise  # noqa: E402
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from flashbench.harness import keep_heap, rel_noise, time_rounds  # noqa: E402
+from flashbench.limits import layer_limit  # noqa: E402
+from flashbench.models import build_vit as build_model  # noqa: E402
 
 FLOOR = 1.0
 OURS = "flashtorch gradcam"
 PEER = "pytorch-grad-cam GradCAM"
 LIMIT = "limit (to the layer)"
-
-
-def build_model(name: str) -> nn.Module:
-    import timm
-
-    torch.manual_seed(0)
-    if name == "tiny":
-        return timm.models.VisionTransformer(
-            img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
-        ).eval()
-    return timm.create_model(name, pretrained=False).eval()
 
 
 def pgc_reshape(prefix: int, h: int, w: int) -> Callable[[Tensor], Tensor]:
@@ -82,38 +72,6 @@ def correlation(a: Tensor, b: Tensor) -> float:
     """Smallest per-image Pearson correlation of two map batches."""
     a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
     return min(float(torch.corrcoef(torch.stack([u, v]))[0, 1]) for u, v in zip(a, b))
-
-
-def time_rounds(
-    candidates: dict[str, Callable[[], Any]], rounds: int, clock: str, log: Callable[[str], None]
-) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """One warm-up call each, then ``rounds`` interleaved rounds (rotating start)."""
-    timer = time.process_time if clock == "cpu" else time.perf_counter
-    names = list(candidates)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    outputs: dict[str, Any] = {}
-    gc.collect()
-    gc.freeze()
-    try:
-        for n in names:
-            outputs[n] = candidates[n]()
-        for r in range(rounds):
-            shift = r % len(names)
-            for n in names[shift:] + names[:shift]:
-                gc.collect()
-                gc.disable()
-                try:
-                    t0 = timer()
-                    candidates[n]()
-                    times[n].append(timer() - t0)
-                finally:
-                    gc.enable()
-            log(
-                f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
-            )
-    finally:
-        gc.unfreeze()
-    return times, outputs
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:

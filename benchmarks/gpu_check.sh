@@ -11,7 +11,7 @@
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_wheels"], timeout_s=560)
 # Its image has python3 with torch, torchvision, timm, click, tqdm, matplotlib, pillow,
 # scikit-image, opencv and pytest; flashtorch runs from src/ (PYTHONPATH), the wheels install
-# with --no-deps into /tmp/site.
+# with --no-deps into $TMPDIR/flashtorch-site.
 #
 # Writes to $OUT (default ./gpu-out): cuda.json / cuda.md (the benchmark; cuda.partial.json
 # if a time limit stopped it: `bench_attribution.py --rebuild` makes the table from it),
@@ -25,7 +25,7 @@ mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-SITE=${SITE:-/tmp/flashtorch-site}
+SITE=${SITE:-${TMPDIR:-/tmp}/flashtorch-site}
 if [ -d .gpu_wheels ] && ls .gpu_wheels/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" .gpu_wheels/*.whl 2>&1 | tail -2

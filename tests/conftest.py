@@ -231,3 +231,18 @@ class CleanupTransformer(nn.Module):
     def forward(self, x):
         out = self.net(x)
         return out.logits if self.kind == "hf" else out
+
+
+#: node ids marked ``slow`` without editing their files (see the file's header)
+SLOW_TESTS = frozenset(
+    line.strip()
+    for line in (Path(__file__).with_name("slow_tests.txt")).read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests listed in tests/slow_tests.txt ``slow`` (``-m "not slow"`` skips them)."""
+    for item in items:
+        if item.nodeid in SLOW_TESTS or item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

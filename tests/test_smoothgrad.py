@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -269,3 +271,49 @@ def test_named_variant_entries_refuse_another_variant(model):
 def test_bad_target(model, x):
     with pytest.raises(TargetError):
         SmoothGrad(model, n_samples=2)(x, target=99)
+
+
+@pytest.mark.parametrize("name", ["smoothgrad_sq", "vargrad"])
+def test_half_precision_model_accumulates_in_float32(name):
+    # gradients of a few 1e-4: their squares are near float16's smallest subnormal (6e-8), so
+    # sums taken in float16 came out all zeros (squared) or one subnormal step (vargrad)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).eval()
+    with torch.no_grad():
+        net[3].weight.mul_(0.02)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    want = METHODS[name](net, n_samples=8, noise=0.1)(x, target=[0, 1]).maps
+    half, xh = copy.deepcopy(net).half(), x.half()
+    before = xh.clone()
+    got = METHODS[name](half, n_samples=8, noise=0.1)(xh, target=[0, 1]).maps
+    assert got.dtype == torch.float32  # the float32 sums are returned as they are
+    assert torch.equal(xh, before)
+    cos = nn.functional.cosine_similarity(got.flatten(1).double(), want.flatten(1).double())
+    assert cos.min() > 0.999, cos  # float16 gradients: 0.9995; float16 sums: 0.3-0.98
+    torch.testing.assert_close(got.flatten(1).amax(1), want.flatten(1).amax(1), rtol=0.01, atol=0)
+
+
+def test_defaults_are_the_documented_ones():
+    """n_samples=50, noise=0.15 (Smilkov et al.; benchmarks/results/cpu-smoothness.md), stated
+    in the docstring and the README, and the CLI does not lower them."""
+    import inspect
+
+    from flashtorch import cli
+    from flashtorch.saliency import IntegratedGradients
+
+    from .conftest import ROOT
+
+    params = inspect.signature(SmoothGrad.__init__).parameters
+    assert (params["n_samples"].default, params["noise"].default) == (50, 0.15)
+    assert inspect.signature(IntegratedGradients.__init__).parameters["steps"].default == 50
+    doc = " ".join(SmoothGrad.__doc__.split())
+    assert "(default 50, the paper's)" in doc and "(default 0.15," in doc
+    assert "(default 50," in " ".join(IntegratedGradients.__doc__.split())
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "`n_samples=50` and `noise=0.15`" in readme and "`steps=50`" in readme
+    for name in ("smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients"):
+        assert cli.method_options([name], {}, None)[name] == {}
+    sg = SmoothGrad(nn.Linear(2, 2))
+    assert (sg.n_samples, sg.noise) == (50, 0.15)

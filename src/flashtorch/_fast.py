@@ -155,8 +155,7 @@ class ModelState:
     """What a cached rewrite of a model depends on, checked cheaply on every call.
 
     Built from one walk of the module tree; :meth:`matches` then checks flat lists instead of
-    walking again (0.12 ms for EfficientNet-Lite0 in a tight loop, against 0.20 ms for a walk
-    that builds a key). It sees:
+    walking again (cheaper than a walk that builds a key). It sees:
 
     * the structure: every module's parameter, buffer and child dictionaries (the same objects,
       the same sizes, the same children), so a replaced, added or removed module is noticed
@@ -232,11 +231,11 @@ class ModelState:
 def fast_channels_last(x: Tensor, amp: bool = False) -> bool:
     """Whether ``fast=True`` runs an image batch ``x`` in ``channels_last``.
 
-    On the CPU always (oneDNN: resnet50 batch 8, one thread, 0.90x the contiguous time). On
-    CUDA only where tensor cores run the convolutions - TF32 allowed
-    (``torch.backends.cudnn.allow_tf32``, PyTorch's default), ``amp``, or half-precision
-    inputs: on an H200, resnet50 batch 32, the folded copy ran 1.12x faster in channels_last
-    with TF32 but 0.86x as fast without it (plain float32), where it stays contiguous.
+    On the CPU always (oneDNN's convolutions are faster in it). On CUDA only where tensor cores
+    run the convolutions - TF32 allowed (``torch.backends.cudnn.allow_tf32``, PyTorch's
+    default), ``amp``, or half-precision inputs: there ``channels_last`` is faster, while plain
+    float32 convolutions are slower in it, so the batch stays contiguous. The measurements are
+    in benchmarks/results/docstring-figures.md.
     """
     if x.dim() != 4:
         return False

@@ -280,10 +280,9 @@ def _graph_safe_names() -> list[str]:
 def graphed(method: AttributionMethod, *, warmup: int = 2, max_graphs: int = 4) -> GraphedMethod:
     """Replay ``method``'s calls as CUDA graphs: for repeated same-shape batches on a GPU.
 
-    Worth it where a call is launch-bound (small batches). On an H200 with TF32, resnet50 at
-    batch 1 runs its forward and input backward in about 2 ms as a graph against 9-13 ms
-    launched op by op, and ``graphed`` guided backprop (``fast=True``) took 2.8 ms against
-    Captum's 18.2 ms (benchmarks/results/cuda-tf32-graphs.md). Each new input shape costs one
+    Worth it where a call is launch-bound (small batches): a replay skips the per-op launch
+    cost that dominates a small batch on a fast GPU (benchmarks/results/cuda-tf32-graphs.md
+    has the figures). Each new input shape costs one
     capture; each weight update under ``fast=True`` refolds and captures again.
 
     Args:

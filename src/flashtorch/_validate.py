@@ -72,7 +72,7 @@ def all_finite(t: Tensor) -> bool:
     """Whether every value of ``t`` is finite (one device sync).
 
     A NaN or infinity makes the sum non-finite, so the sum (one reduction, no boolean copy of
-    the tensor: 0.01 ms instead of 0.2 ms for a 224 px image) decides; only a non-finite sum of
+    the tensor, much cheaper than ``isfinite(t).all()``) decides; only a non-finite sum of
     finite values (overflow) falls back to the element-wise test.
     """
     if bool(torch.isfinite(t.sum())):

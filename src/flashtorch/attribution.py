@@ -268,8 +268,8 @@ class AttributionMethod(abc.ABC):
         )
         user_model = self.model
         # The fast copy is private to flashtorch and already in eval mode with frozen
-        # parameters: no per-call guard (it walks every module and parameter, ~0.5-1.5 ms a
-        # call on resnet50, which counts when a GPU call takes a few ms).
+        # parameters: no per-call guard (it walks every module and parameter, which counts
+        # when a GPU call is short; benchmarks/results/docstring-figures.md).
         guard = (
             contextlib.nullcontext(net)
             if self.fast

@@ -53,13 +53,10 @@ PROG = "flashtorch"
 DEFAULT_MODEL = "efficientnet_lite0"
 #: Methods ``flashtorch report`` runs when none are named (those registered are kept).
 REPORT_DEFAULT_METHODS = ("gradient", "guided", "smoothgrad", "integrated_gradients", "gradcam")
-#: CLI defaults that keep the sampling methods quick on a CPU (override with ``--opt``).
-CLI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoothgrad": {"n_samples": 16},
-    "smoothgrad_sq": {"n_samples": 16},
-    "vargrad": {"n_samples": 16},
-    "integrated_gradients": {"steps": 25},
-}
+#: Options the CLI sets on top of a method's own defaults (override with ``--opt``). None: with
+#: fewer SmoothGrad samples the maps were barely smoother than plain gradients, and with fewer
+#: IG steps the completeness error was large (benchmarks/results/cpu-smoothness.md).
+CLI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
 #: Show a progress bar only past this many steps.
 PROGRESS_THRESHOLD = 3
 

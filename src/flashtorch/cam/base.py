@@ -409,8 +409,8 @@ class CAMMethod(AttributionMethod):
     gradient-based methods, one backward pass from the scores to the layer only
     (``torch.autograd.grad(scores.sum(), A)``: no input gradient). The forward pass runs
     without gradients up to the layer and with them after it, so nothing upstream records a
-    graph and the parameters are left as they are (no per-call freezing: on
-    EfficientNet-Lite0 at batch 1 that took Grad-CAM from 1.10x to 1.08x its limit).
+    graph and the parameters are left as they are (no per-call freezing, which would walk
+    every parameter on every call for no saving: the graph starts at the layer anyway).
 
     Args:
         model: an image model mapping ``(B, C, H, W)`` to ``(B, num_classes)``.

@@ -132,7 +132,12 @@ class IntegratedGradients(AttributionMethod):
         model: the classifier.
         baseline: ``"zero"``, ``"black"``, ``"blur"``, ``"uniform"``, or a tensor / number
             broadcastable to ``(B, C, H, W)`` (in the model's normalised space).
-        steps: number of quadrature nodes ``m``.
+        steps: number of quadrature nodes ``m`` (default 50, Captum's and the paper's range of
+            20-300). A ReLU network's path integrand has kinks, so the Gauss-Legendre error
+            does not fall smoothly with ``m``: measured on the example photos
+            (``benchmarks/smoothness.py``), fewer steps left a completeness error
+            (``extras["delta"]``) that was a sizeable share of ``f(x) - f(x')``, and 50 a small
+            one. Check ``delta`` and raise ``steps`` when it matters.
         rule: ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``, ``"trapezoid"``
             or ``"gausslegendre"`` (default, as Captum).
         internal_batch_size: rows per forward/backward pass (default: the batch size, at
