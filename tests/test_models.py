@@ -3,7 +3,6 @@ from __future__ import annotations
 import re
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -212,11 +211,9 @@ def test_renormalisation_improves_on_feeding_imagenet_input_raw(pretrained):
     assert wrapped > raw + 0.05
 
 
-def test_load_pretrained_names_device_and_speed():
-    start = time.perf_counter()
+def test_load_pretrained_names_device():
+    # no timing assertion: a loaded CI machine made it flaky (timings belong in benchmarks/)
     model = load_pretrained("EfficientNet-Lite0", device="cpu")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0  # timm already imported in this process; ~0.25 s measured
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert all_eval(model)
 
