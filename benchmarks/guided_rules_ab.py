@@ -33,17 +33,18 @@ from pathlib import Path
 import torch
 
 
-def _import_revision(ref: str, into: Path) -> object:
-    """``src/flashtorch`` at git revision ``ref``, imported as ``flashtorch_before``."""
+def _import_revision(ref: str, into: Path, alias: str) -> object:
+    """``src/flashtorch`` at git revision ``ref``, imported as ``alias``."""
     root = Path(__file__).resolve().parents[1]
     blob = subprocess.run(
         ["git", "archive", ref, "src/flashtorch"], cwd=root, check=True, capture_output=True
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(into, filter="data")
-    (into / "src" / "flashtorch").rename(into / "flashtorch_before")
+    (into / "src" / "flashtorch").rename(into / alias)
+    (into / "src").rmdir()
     sys.path.insert(0, str(into))
-    return importlib.import_module("flashtorch_before")
+    return importlib.import_module(alias)
 
 
 def _keep_heap() -> str:
@@ -58,6 +59,13 @@ def _keep_heap() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--before", default="main", help="git revision of the 'before' rules")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="another revision to time beside them (repeatable)",
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
@@ -72,7 +80,11 @@ def main() -> None:
     import flashtorch
 
     with tempfile.TemporaryDirectory() as tmp:
-        before = _import_revision(args.before, Path(tmp))
+        before = _import_revision(args.before, Path(tmp) / "before", "flashtorch_before")
+        others = {
+            ref: _import_revision(ref, Path(tmp) / f"rev{i}", f"flashtorch_rev{i}")
+            for i, ref in enumerate(args.also)
+        }
         torch.manual_seed(0)
         model = torchvision.models.resnet50(weights=None).eval()
         x = torch.randn(args.batch, 3, args.size, args.size)
@@ -82,6 +94,8 @@ def main() -> None:
         for rule in rules:
             candidates[f"{rule} before"] = before.METHODS[rule](model)
             candidates[f"{rule} after"] = flashtorch.METHODS[rule](model)
+            for ref, package in others.items():
+                candidates[f"{rule} {ref}"] = package.METHODS[rule](model)
 
         maps = {}
         for name, method in candidates.items():  # warm-up, and the maps to compare
@@ -129,7 +143,7 @@ def main() -> None:
             key: statistics.median(
                 c / base for c, base in zip(cpu[f"{rule} {key}"], cpu["plain gradient"])
             )
-            for key in ("before", "after")
+            for key in ("before", "after", *others)
         }
         b, a = med[f"{rule} before"], med[f"{rule} after"]
         print(

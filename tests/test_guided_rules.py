@@ -201,21 +201,20 @@ def test_hooks_do_not_modify_the_gradients_autograd_passes_them(rule):
     model = KindNet("nn.ReLU").eval()
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     score = model(x)[:, 1].sum()
-    seen = []  # (tensor autograd passed, a copy taken before the rule's hook ran)
+    seen = []  # (tensor autograd passed, a copy taken before the rule's hooks ran)
 
-    def spy(grad_inputs, grad_outputs):
-        for g in (*grad_inputs, *grad_outputs):
-            if g is not None:
-                seen.append((g, g.clone()))
+    def keep(grads):
+        seen.extend((g, g.clone()) for g in grads if g is not None)
 
     nodes = _rectifier_nodes(score)
     assert len(nodes) == 2
-    for node in nodes:
-        node.register_hook(spy)  # runs first: sees exactly what the rule's hook receives
+    for node in nodes:  # registered first: they see exactly what the rule's hooks receive
+        node.register_prehook(lambda grad_outputs: keep(grad_outputs))
+        node.register_hook(lambda grad_inputs, grad_outputs: keep(grad_inputs))
     rule_ = RectifierRule(rule)
     rule_.attach(score)
-    (grad,) = torch.autograd.grad(score, x)
-    assert rule_.calls == 2 and seen
+    torch.autograd.grad(score, x)
+    assert rule_.calls == 2 and len(seen) == 4
     assert any((copy < 0).any() for _, copy in seen)  # the rule had something to change
     for tensor, copy in seen:
         assert torch.equal(tensor, copy)
@@ -224,8 +223,8 @@ def test_hooks_do_not_modify_the_gradients_autograd_passes_them(rule):
 def test_hook_functions_return_new_tensors():
     g_in, g_out = torch.tensor([-1.0, 0.0, 2.0]), torch.tensor([-3.0, 1.0, 2.0])
     keep_in, keep_out = g_in.clone(), g_out.clone()
-    (guided,) = surgery._guided_hook((g_in,), (g_out,))
+    (guided,) = surgery._guided_prehook((g_out,))
     (deconv,) = surgery._deconvnet_hook((g_in,), (g_out,))
-    assert guided.tolist() == [0.0, 0.0, 2.0] and deconv.tolist() == [0.0, 1.0, 2.0]
+    assert guided.tolist() == [0.0, 1.0, 2.0] and deconv.tolist() == [0.0, 1.0, 2.0]
     assert torch.equal(g_in, keep_in) and torch.equal(g_out, keep_out)
-    assert guided is not g_in and deconv is not g_in
+    assert guided is not g_out and deconv is not g_out and deconv is not g_in

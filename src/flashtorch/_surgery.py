@@ -248,16 +248,19 @@ def _rectifies(node: Any, name: str) -> bool:
         return False
 
 
-def _guided_hook(grad_inputs: tuple, _grad_outputs: tuple) -> tuple | None:
-    """Guided rule as a post-hook: ``max(g * mask, 0) = g * mask * [g > 0]`` (mask in {0, 1}).
+def _guided_prehook(grad_outputs: tuple) -> tuple | None:
+    """Guided rule as a pre-hook: the node gets ``max(g, 0)`` as a new tensor, then masks it.
 
-    The rectifier node has applied its own forward mask; the hook returns the positive part as
-    a new tensor (the node's result is left as it is, as PyTorch asks of hooks).
+    The node applies its own forward mask, giving ``mask * max(g, 0) = max(g * mask, 0)``
+    (mask in {0, 1}).
+
+    Clamping before the node rather than after lets the incoming gradient be freed before the
+    node allocates its result (one block fewer alive at a time).
     """
-    g = grad_inputs[0]
+    g = grad_outputs[0]
     if g is None:
         return None
-    return (g.clamp(min=0), *grad_inputs[1:])
+    return (g.clamp(min=0), *grad_outputs[1:])
 
 
 def _deconvnet_hook(grad_inputs: tuple, grad_outputs: tuple) -> tuple | None:
@@ -292,9 +295,9 @@ class RectifierRule:
     :mod:`flashtorch._autograd_compat`. The hooks live on the graph, which is freed by the
     backward pass: no cleanup is needed and the forward pass costs nothing extra.
 
-    * guided (Springenberg et al. 2014): the node applies its own forward mask, then a hook
-      returns the positive part of its result, giving
-      ``max(g * [lo < x < hi], 0) = g * [lo < x < hi] * [g > 0]``.
+    * guided (Springenberg et al. 2014): a pre-hook hands the node the positive part of its
+      incoming gradient, to which the node applies its own forward mask, giving
+      ``[lo < x < hi] * max(g, 0) = g * [lo < x < hi] * [g > 0]``.
     * deconvnet (Zeiler & Fergus 2014): a hook returns ``max(g, 0)`` in place of the node's
       result, ignoring the forward mask.
 
@@ -328,7 +331,7 @@ class RectifierRule:
 
     def attach(self, *roots: Tensor) -> None:
         """Hook the rectifier nodes of the graph that produced ``roots``."""
-        hook = _guided_hook if self.rule == "guided" else _deconvnet_hook
+        guided = self.rule == "guided"
         stack = [t.grad_fn for t in roots if t.grad_fn is not None]
         seen: set[int] = set()
         while stack:
@@ -349,7 +352,10 @@ class RectifierRule:
                     self._unreadable[name] = str(exc)
                 if hit:
                     self.calls += 1
-                    node.register_hook(hook)
+                    if guided:
+                        node.register_prehook(_guided_prehook)
+                    else:
+                        node.register_hook(_deconvnet_hook)
             elif kind == _SMOOTH:
                 self.smooth.add(_SMOOTH_NODES[name])
             elif kind == _UNKNOWN:
