@@ -52,6 +52,10 @@ KINDS = {
     "F.relu6": (lambda m, x: F.relu6(x), (0.0, 6.0)),
     "F.hardtanh": (lambda m, x: F.hardtanh(x, 0.0, 6.0), (0.0, 6.0)),
     "clamp(min=0)": (lambda m, x: x.clamp(min=0), (0.0, None)),
+    "clamp(min=tensor 0)": (lambda m, x: x.clamp(min=torch.zeros(())), (0.0, None)),
+    "torch.clamp_min": (lambda m, x: torch.clamp_min(x, 0.0), (0.0, None)),
+    "F.threshold(x, 0, 0)": (lambda m, x: F.threshold(x, 0.0, 0.0), (0.0, None)),
+    "F.threshold(inplace)": (lambda m, x: F.threshold(x, 0.0, 0.0, inplace=True), (0.0, None)),
 }
 
 

@@ -8,8 +8,10 @@ Three tools, each undone in ``finally``:
 * :class:`RectifierRule` - hooks on the autograd graph of one call that replace the backward pass
   of every rectifier the model *actually ran* (``nn.ReLU`` reused or in place, ``F.relu``,
   ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``,
-  ``F.threshold(x, 0, 0)``) by the guided-backprop or deconvnet rule. Nothing in the model is
-  touched; the hooks die with the graph.
+  ``F.threshold(x, 0, 0)``) by the guided-backprop or deconvnet rule, and warn about
+  rectifier-like ops they do not know. Nothing in the model is touched; the hooks return new
+  gradients and die with the graph. Autograd internals are read only through
+  :mod:`flashtorch._autograd_compat`.
 * :class:`LayerRecorder` - forward hooks that capture a layer's output (and count its calls, so a
   module run twice in one forward is detected rather than silently taking the first call).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -25,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ._autograd_compat import AutogradCompatError, saved_scalar
 from .errors import LayerError, LayerTypeError, SharedModuleError
 
 Rule = Literal["guided", "deconvnet"]
@@ -159,19 +163,36 @@ def preserved_state(
 # Rectifier rules on the autograd graph
 # --------------------------------------------------------------------------------------------
 
-# Autograd nodes of rectifiers -> test on the node's saved arguments that it really rectifies.
-# nn.ReLU (reused or in place), F.relu, torch.relu(_), Tensor.relu(_) all record ReluBackward0;
-# nn.ReLU6, F.relu6 and F.hardtanh record HardtanhBackward0 (mask: min < x < max); clamp at zero
-# records ClampBackward1 / ClampMinBackward0; F.threshold(x, 0, 0) ThresholdBackward0.
+
+def _always(_node: Any) -> bool:
+    return True
+
+
+def _min_is_zero(node: Any) -> bool:
+    return saved_scalar(node, "min") == 0
+
+
+def _threshold_is_zero(node: Any) -> bool:
+    return saved_scalar(node, "threshold") == 0
+
+
+# The rule table, keyed by ``node.name()`` (public): autograd node of a rectifier -> test on the
+# node's saved arguments that it really rectifies at zero (read through flashtorch._autograd_compat,
+# the one module that touches autograd internals). nn.ReLU (reused or in place), F.relu,
+# torch.relu(_), Tensor.relu(_) record ReluBackward0; nn.ReLU6, F.relu6 and F.hardtanh record
+# HardtanhBackward0 (mask: min < x < max); clamp at zero records ClampBackward0/1 or
+# ClampMinBackward0/1; F.threshold(x, 0, v) ThresholdBackward0/1.
 _RECTIFIER_NODES: dict[str, Callable[[Any], bool]] = {
-    "ReluBackward0": lambda node: True,
-    "ReluBackward1": lambda node: True,
-    "HardtanhBackward0": lambda node: True,
-    "HardtanhBackward1": lambda node: True,
-    "ClampBackward1": lambda node: _saved(node, "_saved_min") == 0,
-    "ClampMinBackward0": lambda node: _saved(node, "_saved_min") == 0,
-    "ThresholdBackward0": lambda node: _saved(node, "_saved_threshold") == 0,
-    "ThresholdBackward1": lambda node: _saved(node, "_saved_threshold") == 0,
+    "ReluBackward0": _always,
+    "ReluBackward1": _always,
+    "HardtanhBackward0": _always,
+    "HardtanhBackward1": _always,
+    "ClampBackward0": _min_is_zero,
+    "ClampBackward1": _min_is_zero,
+    "ClampMinBackward0": _min_is_zero,
+    "ClampMinBackward1": _min_is_zero,
+    "ThresholdBackward0": _threshold_is_zero,
+    "ThresholdBackward1": _threshold_is_zero,
 }
 
 # Smooth activations are not rectifiers: their exact gradient is kept (policy documented in
@@ -190,34 +211,74 @@ _SMOOTH_NODES = {
     "TanhBackward0": "tanh",
 }
 
+#: node names that look like an activation with a kink or a clamp: one that is in neither table
+#: above is an op the rules do not know, and the call warns (its gradient stays plain).
+_RECTIFIER_LIKE = re.compile(
+    r"relu|clamp|threshold|hardtanh|gelu|silu|elu|softplus|mish|leaky|swish", re.IGNORECASE
+)
 
-def _saved(node: Any, name: str) -> Any:
+_OTHER, _RECTIFIER, _SMOOTH, _UNKNOWN = range(4)
+#: node name -> one of the four kinds above (memo: a few hundred names at most).
+_KINDS: dict[str, int] = {}
+
+
+def _kind(name: str) -> int:
+    kind = _KINDS.get(name)
+    if kind is None:
+        if name in _RECTIFIER_NODES:
+            kind = _RECTIFIER
+        elif name in _SMOOTH_NODES:
+            kind = _SMOOTH
+        elif _RECTIFIER_LIKE.search(name):
+            kind = _UNKNOWN
+        else:
+            kind = _OTHER
+        _KINDS[name] = kind
+    return kind
+
+
+def _rectifies(node: Any, name: str) -> bool:
+    """Whether a node of the rule table rectifies at zero (``False`` when that is unreadable)."""
     try:
-        value = getattr(node, name)
-    except (AttributeError, RuntimeError):
+        return _RECTIFIER_NODES[name](node)
+    except AutogradCompatError:
+        return False
+
+
+def _guided_prehook(grad_outputs: tuple) -> tuple | None:
+    """Guided rule as a pre-hook: the node gets ``max(g, 0)`` as a new tensor, then masks it.
+
+    The node applies its own forward mask, giving ``mask * max(g, 0) = max(g * mask, 0)``
+    (mask in {0, 1}).
+
+    Clamping before the node rather than after lets the incoming gradient be freed before the
+    node allocates its result (one block fewer alive at a time).
+    """
+    g = grad_outputs[0]
+    if g is None:
         return None
-    return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+    return (g.clamp(min=0), *grad_outputs[1:])
 
 
-def _guided_hook(grad_inputs: tuple, _grad_outputs: tuple) -> None:
-    """Guided rule as a post-hook: ``max(g * mask, 0) = g * mask * [g > 0]`` (mask in {0, 1}).
-
-    The rectifier nodes (threshold/hardtanh/clamp backward) return freshly allocated results,
-    so they are clamped in place: one pass, no allocation.
-    """
-    for g in grad_inputs:
-        if g is not None:
-            g.clamp_(min=0)
+def _deconvnet_hook(grad_inputs: tuple, grad_outputs: tuple) -> tuple | None:
+    """Deconvnet rule as a post-hook: the node's result becomes ``max(g_out, 0)`` (a new tensor)."""
+    g_out = grad_outputs[0]
+    if grad_inputs[0] is None or g_out is None:
+        return None
+    return (g_out.clamp(min=0), *grad_inputs[1:])
 
 
-def _deconvnet_hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
-    """Deconvnet rule as a post-hook: the node's result becomes ``max(g_out, 0)``.
-
-    Written into the node's own fresh result (no allocation).
-    """
-    for g_in, g_out in zip(grad_inputs, grad_outputs):
-        if g_in is not None and g_out is not None:
-            torch.clamp(g_out, min=0, out=g_in)
+def _layers_like(model: nn.Module | None, name: str) -> list[str]:
+    """Dotted names of the model's modules whose type looks like the op of node ``name``."""
+    if model is None:
+        return []
+    stem = re.sub(r"Backward\d*$", "", name).lower()
+    found = []
+    for dotted, module in model.named_modules():
+        kind = type(module).__name__.lower()
+        if dotted and len(kind) >= 3 and (stem.startswith(kind) or kind.startswith(stem)):
+            found.append(f"{dotted!r} ({type(module).__name__})")
+    return found
 
 
 class RectifierRule:
@@ -226,17 +287,24 @@ class RectifierRule:
     After the forward pass, :meth:`attach` walks the autograd graph from the scores back to the
     input and hooks every rectifier node the model *actually ran* - modules (also one module
     reused many times, or in place) and functional calls alike - so nothing is looked up by
-    module type and nothing in the model changes. The hooks live on the graph, which is freed by
-    the backward pass: no cleanup is needed and the forward pass costs nothing extra.
+    module type and nothing in the model changes. Nodes are identified by their public
+    ``node.name()``; the saved bounds of ``clamp``/``threshold`` nodes are read through
+    :mod:`flashtorch._autograd_compat`. The hooks live on the graph, which is freed by the
+    backward pass: no cleanup is needed and the forward pass costs nothing extra.
 
-    * guided (Springenberg et al. 2014): the node applies its own forward mask, then a hook keeps
-      the positive part of its (freshly allocated) result in place, giving
-      ``max(g * [lo < x < hi], 0) = g * [lo < x < hi] * [g > 0]``.
-    * deconvnet (Zeiler & Fergus 2014): a hook overwrites the node's result with ``max(g, 0)``,
-      ignoring the forward mask.
+    * guided (Springenberg et al. 2014): a pre-hook hands the node the positive part of its
+      incoming gradient, to which the node applies its own forward mask, giving
+      ``[lo < x < hi] * max(g, 0) = g * [lo < x < hi] * [g > 0]``.
+    * deconvnet (Zeiler & Fergus 2014): a hook returns ``max(g, 0)`` in place of the node's
+      result, ignoring the forward mask.
 
-    Scripted (TorchScript) code fuses its graph and hides its rectifiers: :attr:`calls` stays 0
-    and the caller warns.
+    Hooks return new gradients; they never modify the tensors autograd passes them.
+
+    A node that looks like a rectifier (its name mentions relu, clamp, threshold, hardtanh, an
+    ELU/GELU/SiLU-like activation...) but is in neither the rule table nor the list of smooth
+    activations keeps its plain gradient; :meth:`warn_if_unused` then warns once, naming the op
+    (and the layers of a matching type, when the model has some). Scripted (TorchScript) code
+    fuses its graph and hides its rectifiers: :attr:`calls` stays 0 and the caller warns.
 
     Args:
         rule: ``"guided"`` or ``"deconvnet"``.
@@ -244,6 +312,9 @@ class RectifierRule:
     Attributes:
         calls: number of rectifier nodes modified.
         smooth: names of smooth activations seen (left unmodified).
+        unknown: rectifier-like node names seen that the rule does not know (left unmodified),
+            each with how many times it ran; a known kind whose bounds could not be read is
+            listed here too.
     """
 
     def __init__(self, rule: Rule) -> None:
@@ -252,9 +323,12 @@ class RectifierRule:
         self.rule = rule
         self.calls = 0
         self.smooth: set[str] = set()
+        self.unknown: dict[str, int] = {}
+        self._unreadable: dict[str, str] = {}
 
     def attach(self, *roots: Tensor) -> None:
         """Hook the rectifier nodes of the graph that produced ``roots``."""
+        guided = self.rule == "guided"
         stack = [t.grad_fn for t in roots if t.grad_fn is not None]
         seen: set[int] = set()
         while stack:
@@ -262,17 +336,56 @@ class RectifierRule:
             if node is None or id(node) in seen:
                 continue
             seen.add(id(node))
-            name = type(node).__name__
-            check = _RECTIFIER_NODES.get(name)
-            if check is not None and check(node):
-                self.calls += 1
-                node.register_hook(_guided_hook if self.rule == "guided" else _deconvnet_hook)
-            elif name in _SMOOTH_NODES:
+            name = node.name()
+            kind = _KINDS.get(name)
+            if kind is None:
+                kind = _kind(name)
+            if kind == _RECTIFIER:
+                try:
+                    hit = _RECTIFIER_NODES[name](node)
+                except AutogradCompatError as exc:
+                    hit = False
+                    self.unknown[name] = self.unknown.get(name, 0) + 1
+                    self._unreadable[name] = str(exc)
+                if hit:
+                    self.calls += 1
+                    if guided:
+                        node.register_prehook(_guided_prehook)
+                    else:
+                        node.register_hook(_deconvnet_hook)
+            elif kind == _SMOOTH:
                 self.smooth.add(_SMOOTH_NODES[name])
+            elif kind == _UNKNOWN:
+                self.unknown[name] = self.unknown.get(name, 0) + 1
             stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
 
-    def warn_if_unused(self, method: str) -> None:
-        """Warn that the map equals the plain gradient when no rectifier was found."""
+    def warn_if_unused(self, method: str, model: nn.Module | None = None) -> None:
+        """Warn about rectifier-like ops left plain, and when no rectifier was found at all.
+
+        Args:
+            method: the method's name, for the messages.
+            model: the model, to name the layers an unknown op probably came from.
+        """
+        if self.unknown:
+            parts = []
+            for name, count in sorted(self.unknown.items()):
+                where = _layers_like(model, name)
+                if name in self._unreadable:
+                    detail = self._unreadable[name]
+                elif where:
+                    detail = "layer " + ", ".join(where[:3]) + (" ..." if len(where) > 3 else "")
+                else:
+                    detail = "layer unknown: a functional call or a custom autograd.Function"
+                parts.append(f"{name} x{count} ({detail})")
+            warnings.warn(
+                f"{method}: the model ran rectifier-like ops that the {self.rule} rule does not "
+                f"know, so they keep their plain gradient: {'; '.join(parts)}. The map mixes "
+                f"{self.rule} and plain backward passes; use a supported rectifier (nn.ReLU, "
+                "F.relu, nn.ReLU6 / F.hardtanh, clamp(min=0), F.threshold(x, 0, v)) or report "
+                f"the op (torch {torch.__version__})",
+                UserWarning,
+                stacklevel=4,
+            )
         if self.calls == 0:
             seen = ", ".join(sorted(self.smooth)) or "none that flashtorch recognises"
             warnings.warn(
@@ -312,9 +425,10 @@ def rectifiers_between(root: Tensor, stop: Tensor) -> int:
                 if child is not None
             )
             reaches[key] = hit
-            check = _RECTIFIER_NODES.get(type(node).__name__)
-            if hit and check is not None and check(node):
-                count += 1
+            if hit:
+                name = node.name()
+                if _kind(name) == _RECTIFIER and _rectifies(node, name):
+                    count += 1
             continue
         if key in reaches:
             continue

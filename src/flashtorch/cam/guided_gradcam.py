@@ -119,7 +119,7 @@ class GuidedGradCAM(GradCAM):
                 rule.attach(scores)
                 (grad_x,) = torch.autograd.grad(total, x)
                 self.passes = (1, 2)
-            rule.warn_if_unused(self.name)
+            rule.warn_if_unused(self.name, self.model)
         capture = self._packed(
             inputs, activation, grad_a, output, scores, indices, recorder.name, layout
         )

@@ -10,7 +10,9 @@ the model actually runs - ``nn.ReLU`` (reused, in place), ``F.relu``, ``torch.re
 (:class:`flashtorch._surgery.RectifierRule`), not by module type. Smooth
 activations (SiLU, GELU, Mish, hard-swish, sigmoid gates) are not rectifiers: they keep their
 exact gradient. If a model runs no rectifier, a ``UserWarning`` says the map equals the plain
-gradient.
+gradient; if it runs a rectifier-like op the rule does not know (a custom ``autograd.Function``
+named like a ReLU, ``nn.CELU``, ``F.rrelu``...), one ``UserWarning`` per call names the op (and the
+layer, where the model has one of a matching type): that op keeps its plain gradient.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def input_gradients(
         if rule is not None:
             rectifiers = RectifierRule(rule)
             rectifiers.attach(scores)
-            rectifiers.warn_if_unused(method)
+            rectifiers.warn_if_unused(method, model)
         if not scores.requires_grad:
             from ..errors import TargetError
 
