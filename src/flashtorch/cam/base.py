@@ -118,7 +118,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
-from .._targets import Target, detach_output, explained_output, prepare_target, resolve
+from .._targets import ResolvedTarget, Target, detach_output, explained_output, resolve
 from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
 from .._validate import check_images, syncs_allowed
 from ..attribution import AttributionMethod, MethodOutput
@@ -318,7 +318,7 @@ def default_layer(model: nn.Module, inputs: Tensor, target: Target = None) -> st
     x = check_images(inputs)
     with preserved_state(model, freeze=False):
         x = x.detach().to(model_device(model))
-        return _default_name(model, x, prepare_target(target, x.shape[0], x.device))
+        return _default_name(model, x, ResolvedTarget.of(target, x.shape[0], x.device))
 
 
 # --------------------------------------------------------------------------------------------
