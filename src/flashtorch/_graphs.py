@@ -218,7 +218,7 @@ class GraphedMethod:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         # the target buffer as indices already checked: resolved without reading it
-        target = None if static_t is None else ResolvedTarget.checked(static_t)
+        target: Any = None if static_t is None else ResolvedTarget.checked(static_t)
         with no_host_sync(), torch.cuda.stream(side):
             for i in range(self.warmup):
                 if i < self.warmup - 1:

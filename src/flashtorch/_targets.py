@@ -35,6 +35,9 @@ from .errors import TargetError
 #: its entry, into a :class:`ResolvedTarget`.
 Target = Union[None, int, str, Sequence[Union[int, str]], Tensor, Callable[[Tensor], Tensor]]
 
+#: Internal: a user's target or one already normalised (what the methods' helpers accept).
+AnyTarget = Union[Target, "ResolvedTarget"]
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -159,7 +162,7 @@ def _one_index(value: Any) -> tuple[int, bool]:
     return index, False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors compare element-wise: identity only
 class ResolvedTarget:
     """A target normalised once, at the entry of a call, before the forward pass.
 
@@ -368,7 +371,7 @@ class ResolvedTarget:
         return self.resolve(output).scores
 
 
-def as_target(target: Any, output: Any) -> ResolvedTarget:
+def as_target(target: AnyTarget, output: Any) -> ResolvedTarget:
     """``target`` normalised for ``output`` (a :class:`ResolvedTarget` is returned as it is).
 
     For helpers given a user's target after the forward pass; the methods' entry points
@@ -382,7 +385,7 @@ def as_target(target: Any, output: Any) -> ResolvedTarget:
     return ResolvedTarget.of(target, logits.shape[0] if logits.dim() else 1, logits.device)
 
 
-def resolve(target: Target | ResolvedTarget, output: Any) -> Resolved:
+def resolve(target: AnyTarget, output: Any) -> Resolved:
     """Select the score to explain for every sample (:meth:`ResolvedTarget.resolve`).
 
     Args:
@@ -399,6 +402,7 @@ def resolve(target: Target | ResolvedTarget, output: Any) -> Resolved:
 
 
 __all__ = [
+    "AnyTarget",
     "Resolved",
     "ResolvedTarget",
     "Target",

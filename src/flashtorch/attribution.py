@@ -31,7 +31,7 @@ from . import _guards
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._outputs import explained_output
 from ._surgery import model_device, preserved_state
-from ._targets import ResolvedTarget, Target, resolve
+from ._targets import AnyTarget, ResolvedTarget, Target, resolve
 from ._validate import check_images, syncs_allowed
 from .errors import MethodError
 
@@ -329,7 +329,9 @@ def model_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
     return default
 
 
-def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Any, Tensor, Any]:
+def forward_scores(
+    model: nn.Module, inputs: Tensor, target: AnyTarget
+) -> tuple[Any, Tensor, Any]:
     """Run the model and pick the target scores: ``(output, scores, indices)``.
 
     ``output`` is the model's logits (:func:`~flashtorch._outputs.explained_output`), or its

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._outputs import cat_outputs, explained_output
-from .._targets import ResolvedTarget, Target, resolve
+from .._targets import AnyTarget, ResolvedTarget, resolve
 from ..errors import InputError, MethodError
 
 #: internal batch used when ``internal_batch_size=None``: the caller's batch, at least this.
@@ -107,30 +107,33 @@ def clean_forward(model: nn.Module, x: Tensor, size: int) -> Any:
     return cat_outputs([explained_output(model(x[a:b])) for a, b in chunks(x.shape[0], size)])
 
 
-def explained_scores(target: Target | ResolvedTarget, output: Any
-                     ) -> tuple[Tensor, Tensor | None]:
+def explained_scores(target: AnyTarget, output: Any) -> tuple[Tensor, Tensor | None]:
     """Resolve ``target`` on the clean output: ``(scores (B,), class indices (B,) or None)``."""
     resolved = resolve(target, output)
     return resolved.scores.detach(), resolved.indices
 
 
-def row_target(target: ResolvedTarget, indices: Tensor | None, rows: Tensor) -> ResolvedTarget:
+def row_target(target: AnyTarget, indices: Tensor | None, rows: Tensor) -> AnyTarget:
     """The target for a chunk of expanded rows: the fixed class indices, or the callable."""
     return target if indices is None else ResolvedTarget.checked(indices[rows])
 
 
-def needs_clean_pass(target: ResolvedTarget) -> bool:
+def needs_clean_pass(target: AnyTarget) -> bool:
     """Whether the target can only be resolved on the clean output (the predicted class)."""
     return target is None or (isinstance(target, ResolvedTarget) and target.predicted)
 
 
-def rows_of_target(target: ResolvedTarget, batch: int, start: int, stop: int) -> ResolvedTarget:
+def rows_of_target(target: AnyTarget, batch: int, start: int, stop: int) -> ResolvedTarget:
     """The target of expanded rows ``[start, stop)``, without a forward pass of the clean batch.
 
     Row ``r`` is image ``r % batch``. A callable applies to every row as it is; class indices
     (one per image, checked at the call's entry) are indexed by the rows' images on the device.
     The predicted class needs the clean output: use :func:`explained_scores`.
+
+    Raises:
+        TargetError: a user's target (not yet normalised) that is refused for ``batch``.
     """
+    target = ResolvedTarget.of(target, batch)
     if target.predicted:  # pragma: no cover - callers check needs_clean_pass first
         raise ValueError("the predicted class needs the clean forward pass")
     if target.indices is None:
