@@ -10,7 +10,7 @@ import torch
 
 import flashtorch
 from flashtorch import METHODS
-from flashtorch._targets import CheckedIndices, prepare_target, target_indices
+from flashtorch._targets import ResolvedTarget
 from flashtorch._validate import check_images, no_host_sync, syncs_allowed
 from flashtorch.errors import InputError, MethodError, TargetError
 
@@ -79,46 +79,22 @@ def test_no_host_sync_skips_only_the_value_checks():
     assert syncs_allowed()
 
 
-def test_prepared_indices_resolve_without_reading_the_device():
+def test_checked_indices_resolve_without_reading_the_device():
     output = torch.zeros(2, 5)
-    ready = CheckedIndices(torch.tensor([1, 4]))
-    assert target_indices(ready, output) is ready.indices
+    ready = ResolvedTarget.checked(torch.tensor([1, 4]))
+    assert ready.class_indices(output) is ready.indices
     with pytest.raises(TargetError, match="out of range"):
-        target_indices(CheckedIndices(torch.tensor([1, 4]), high=9), output)
+        ResolvedTarget(torch.tensor([1, 4]), high=9).class_indices(output)
     with pytest.raises(TargetError, match="3 targets for a batch of 2"):
-        target_indices(CheckedIndices(torch.tensor([1, 2, 3])), output)
+        ResolvedTarget.checked(torch.tensor([1, 2, 3])).class_indices(output)
 
 
-@pytest.mark.parametrize(
-    "target", [3, [3], [1, 4], torch.tensor([1, 4]), torch.tensor([[3]]), (2, 0)]
-)
-def test_prepare_target_makes_device_indices_before_the_forward(target):
-    prepared = prepare_target(target, 2, torch.device("cpu"))
-    assert isinstance(prepared, CheckedIndices)
+@pytest.mark.parametrize("target", [3, [3], [1, 4], torch.tensor([1, 4]), torch.tensor(3), (2, 0)])
+def test_class_targets_become_device_indices_before_the_forward(target):
+    prepared = ResolvedTarget.of(target, 2, torch.device("cpu"))
+    assert prepared.indices is not None
     assert prepared.indices.dtype == torch.long and prepared.indices.shape == (2,)
     assert prepared.high == max(prepared.indices.tolist())
-    # the same indices as resolving the original target on an output
-    output = torch.randn(2, 5)
-    assert torch.equal(target_indices(prepared, output), target_indices(target, output))
-
-
-@pytest.mark.parametrize(
-    "target",
-    [
-        None,
-        "tabby",
-        ["tabby", 3],
-        -1,
-        [1, 2, 3],
-        True,
-        torch.tensor([0.5, 1.0]),
-        torch.tensor([True, False]),
-        lambda out: out[:, 0],
-        [],
-    ],
-)
-def test_prepare_target_leaves_the_rest_to_the_checked_path(target):
-    assert prepare_target(target, 2, torch.device("cpu")) is target
 
 
 def test_targets_are_checked_on_the_host_before_a_replay():

@@ -2,8 +2,8 @@
 
 On a GPU such a read (``.item()``, ``.tolist()``, ``bool(t)``, boolean-mask indexing) waits for
 every queued kernel: the host stops queueing the backward pass while the GPU finishes the
-forward one. Targets are therefore prepared before the forward pass (``prepare_target``) and the
-loops of the n-sample methods locate their rows on the host. On the CPU the same reads are
+forward one. Targets are therefore normalised before the forward pass (``ResolvedTarget``) and
+the loops of the n-sample methods locate their rows on the host. On the CPU the same reads are
 cheap, but they are visible to a ``TorchFunctionMode``: these tests fail if one comes back.
 """
 

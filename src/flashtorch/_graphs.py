@@ -36,13 +36,7 @@ from torch import Tensor
 
 from ._fast import FAST_VIEWS, ModelState, fast_channels_last
 from ._surgery import model_device, preserved_state
-from ._targets import (
-    CheckedIndices,
-    Target,
-    class_out_of_range,
-    explained_output,
-    target_indices,
-)
+from ._targets import ResolvedTarget, Target, explained_output
 from ._validate import check_images, no_host_sync
 from .attribution import Attribution, AttributionMethod
 from .errors import MethodError, TargetError
@@ -182,31 +176,18 @@ class GraphedMethod:
 
     def _indices(self, target: Target, x: Tensor) -> Tensor | None:
         """The target as a ``(B,)`` long tensor on the device, checked on the host."""
-        if target is None:
-            return None
         if callable(target) and not isinstance(target, Tensor):
             raise TargetError(
                 "graphed() takes class targets (index, name, sequence, integer tensor or None); "
                 "a callable target runs Python on every call: use the method directly"
             )
+        resolved = ResolvedTarget.of(target, x.shape[0], x.device)  # before any forward
+        if resolved.indices is None:  # the predicted class
+            return None
         if self._classes is None:
             self._classes = self._probe_classes(x)
-        batch = x.shape[0]
-        if (
-            isinstance(target, Tensor)
-            and target.device == x.device
-            and target.dtype in (torch.int64, torch.int32)
-            and target.numel() in (1, batch)
-        ):
-            # indices already on the GPU: one read of their range, no copy from the host
-            lo, hi = torch.stack(list(torch.aminmax(target))).tolist()
-            if lo < 0 or hi >= self._classes:
-                raise class_out_of_range(lo if lo < 0 else hi, self._classes)
-            return target.reshape(-1).long().expand(batch)
-        template = torch.empty((batch, self._classes), device=x.device)
-        indices = target_indices(target, template)
-        assert indices is not None
-        return indices
+        resolved.check_classes(self._classes)
+        return resolved.indices
 
     def _probe_classes(self, x: Tensor) -> int:
         model = self.method.model
@@ -244,7 +225,7 @@ class GraphedMethod:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         # the target buffer as indices already checked: resolved without reading it
-        target = None if static_t is None else CheckedIndices(static_t)
+        target: Any = None if static_t is None else ResolvedTarget.checked(static_t)
         with no_host_sync(), torch.cuda.stream(side):
             for i in range(self.warmup):
                 if i < self.warmup - 1:

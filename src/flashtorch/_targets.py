@@ -1,9 +1,16 @@
 """Targets: what scalar per sample an attribution explains.
 
 A target is a class index (``int``), a class name (``str``, ImageNet models), a sequence of
-either (one per sample, or one for all), an integer tensor, ``None`` (the predicted class), or
-a callable ``f(output) -> (B,)`` that turns the model output into one score per sample
-(pytorch-grad-cam's "model targets").
+either (one per sample, or one for all), a 0-D or 1-D integer tensor, ``None`` (the predicted
+class), or a callable ``f(output) -> (B,)`` that turns the model output into one score per
+sample (pytorch-grad-cam's "model targets"). Floats, booleans, negative indices, 2-D or
+floating tensors and a number of targets that is neither 1 nor the batch size are refused with
+:class:`~flashtorch.errors.TargetError` before the model runs; an index beyond the model's
+classes as soon as the output's width is known, before any backward pass.
+
+A call normalises its target once, at its entry, into a :class:`ResolvedTarget`: the values
+checked on the host, class indices as a ``(B,)`` long tensor on the model's device. Every
+method, :func:`flashtorch.graphed`, the metrics and the command line use it.
 
 Targets resolve on the model's logits (:func:`logits_of`: a tensor, an output's ``.logits``, a
 dict's ``"logits"``, a tuple's first element). A callable target receives those logits; an
@@ -12,8 +19,10 @@ output that holds none (a dict of other heads, say) is passed to it as the model
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 import torch
@@ -22,27 +31,12 @@ from torch import Tensor
 
 from .errors import TargetError
 
-Target = Union[
-    None, int, str, Sequence[int | str], Tensor, Callable[[Tensor], Tensor], "CheckedIndices"
-]
+#: What a user passes as a target (see the module docstring). A call normalises it once, at
+#: its entry, into a :class:`ResolvedTarget`.
+Target = Union[None, int, str, Sequence[Union[int, str]], Tensor, Callable[[Tensor], Tensor]]
 
-
-@dataclass(frozen=True)
-class CheckedIndices:
-    """Class indices prepared before the forward pass: a ``(B,)`` long tensor on the device.
-
-    Made by :func:`prepare_target` (from an int, a sequence of ints or an integer tensor, with
-    ``high`` their largest value, checked against the number of classes on the host once the
-    output's shape is known) or from indices already checked (``high=None``). Resolving them
-    reads no device value on the host: no synchronisation in the middle of a GPU call.
-    """
-
-    indices: Tensor
-    high: int | None = None
-
-    def rows(self, rows: Tensor) -> CheckedIndices:
-        """The indices of some rows (``rows`` indexes the batch)."""
-        return CheckedIndices(self.indices[rows], self.high)
+#: Internal: a user's target or one already normalised (what the methods' helpers accept).
+AnyTarget = Union[Target, "ResolvedTarget"]
 
 
 @dataclass(frozen=True)
@@ -115,171 +109,307 @@ def class_out_of_range(value: int, num_classes: int) -> TargetError:
     )
 
 
-def _name_to_index(name: str, num_classes: int) -> int:
-    if num_classes != 1000:
-        raise TargetError(
-            f"class name {name!r} needs an ImageNet model with 1000 outputs, but this model has "
-            f"{num_classes}; pass the class index instead"
+def _wrong_length(count: int, batch: int) -> TargetError:
+    return TargetError(
+        f"got {count} targets for a batch of {batch}; give one target for all samples or one "
+        "per sample"
+    )
+
+
+def _negative(index: int) -> TargetError:
+    return TargetError(
+        f"target class {index} is out of range: class indices start at 0 (negative indices "
+        "are not accepted)"
+    )
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")
+
+
+def _not_an_index(value: Any) -> TargetError:
+    if _is_bool(value):
+        return TargetError(
+            f"target must be a class index or name, got the boolean {value!r}; pass an int"
         )
-    from .utils.imagenet import ImageNetIndex
+    if isinstance(value, numbers.Real) or (
+        isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
+    ):
+        return TargetError(
+            f"target must be a whole class index, got the number {value!r}; pass an int "
+            "(round it yourself if that is what you mean)"
+        )
+    return TargetError(
+        "target must be an int, a class name, a sequence of them, a 1-D integer tensor, a "
+        f"callable or None, got {type(value).__name__}: {value!r}"
+    )
 
-    return int(ImageNetIndex()[name])
+
+def _one_index(value: Any) -> tuple[int, bool]:
+    """``(class index, whether it was a name)`` of one target value, checked on the host."""
+    if isinstance(value, str):
+        from .utils.imagenet import ImageNetIndex
+
+        return int(ImageNetIndex()[value]), True  # ClassNameError (a TargetError) if unknown
+    if _is_bool(value):
+        raise _not_an_index(value)
+    try:
+        index = operator.index(value)  # int, NumPy integer, 0-d integer tensor or array
+    except TypeError:
+        raise _not_an_index(value) from None
+    if index < 0:
+        raise _negative(index)
+    return index, False
 
 
-def target_indices(target: Target, output: Any) -> Tensor | None:
-    """Turn a target specification into a ``(B,)`` long tensor of class indices.
+@dataclass(frozen=True, eq=False)  # tensors compare element-wise: identity only
+class ResolvedTarget:
+    """A target normalised once, at the entry of a call, before the forward pass.
 
-    Args:
-        target: see the module docstring. ``None`` picks ``output.argmax(1)``.
-        output: the model output, ``(B, num_classes)``.
+    Made by :meth:`of` from anything :data:`Target` names: the values are checked (type, sign,
+    length; class names looked up) on the host before the model runs, and class indices become
+    a ``(B,)`` long tensor on the device. What needs the output - the number of classes, the
+    predicted class - is checked or read when the target resolves an output
+    (:meth:`resolve`), before any backward pass. Resolving reads no device value on the host:
+    no synchronisation once a GPU call has started.
 
-    Returns:
-        Class indices on ``output.device``, or ``None`` when ``target`` is callable.
-
-    Raises:
-        TargetError: out-of-range index, unknown name, wrong length or dtype.
+    Attributes:
+        indices: ``(B,)`` long tensor of class indices on the device; ``None`` for the
+            predicted class (read from the output) and for a callable.
+        fn: the callable target, else ``None``.
+        high: the largest index, checked against the number of classes once the output is
+            known; ``None`` when the indices were checked already (:meth:`checked`).
+        names: some indices came from ImageNet class names (the model needs 1000 classes).
     """
-    if callable(target) and not isinstance(target, Tensor):
-        return None
-    output = logits_of(output)
-    if output.dim() != 2:
-        raise TargetError(
-            f"class targets need a model output of shape (B, num_classes), got "
-            f"{tuple(output.shape)}; pass a callable target that returns one score per sample"
-        )
-    batch, num_classes = output.shape
-    if target is None:
-        return output.detach().argmax(1)
-    if isinstance(target, CheckedIndices):
-        if target.high is not None and target.high >= num_classes:
-            raise class_out_of_range(target.high, num_classes)
-        if target.indices.shape != (batch,):
-            raise TargetError(
-                f"got {target.indices.numel()} targets for a batch of {batch}; give one target "
-                "for all samples or one per sample"
-            )
-        return target.indices.to(output.device)
-    if isinstance(target, bool):
-        raise TargetError(f"target must be a class index or name, got {target!r}")
-    if isinstance(target, Tensor):
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TargetError(f"target tensor must hold integer class indices, got {target.dtype}")
-        values = target.reshape(-1).tolist()
-    elif isinstance(target, (int, str)):
-        values = [target]
-    elif isinstance(target, Sequence):
-        values = list(target)
-    else:
-        try:  # numpy integers and the like
-            values = [int(target)]  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            raise TargetError(
-                f"target must be an int, a class name, a sequence, an integer tensor or a "
-                f"callable, got {type(target).__name__}"
-            ) from None
-    indices: list[int] = []
-    for v in values:
-        if isinstance(v, str):
-            indices.append(_name_to_index(v, num_classes))
-            continue
-        if isinstance(v, bool) or not hasattr(v, "__index__"):
-            raise TargetError(f"target must be a class index or name, got {v!r}")
-        i = int(v)
-        if not 0 <= i < num_classes:
-            raise class_out_of_range(i, num_classes)
-        indices.append(i)
-    if len(indices) == 1:
-        indices = indices * batch
-    if len(indices) != batch:
-        raise TargetError(
-            f"got {len(indices)} targets for a batch of {batch}; give one target for all "
-            "samples or one per sample"
-        )
-    return torch.tensor(indices, dtype=torch.long, device=output.device)
 
+    indices: Tensor | None = None
+    fn: Callable[[Any], Tensor] | None = None
+    high: int | None = None
+    names: bool = False
 
-def prepare_target(target: Target, batch: int, device: torch.device) -> Target:
-    """Turn class indices into :class:`CheckedIndices` on ``device`` before the forward pass.
+    # -- construction ------------------------------------------------------------------------
 
-    An int, a sequence of ints or an integer tensor (one value, or one per sample, none
-    negative) becomes a device tensor now, while the device is idle, instead of after the
-    forward pass, where reading a CUDA tensor's values or copying a list to the GPU would wait
-    for the forward pass to finish. Anything else (``None``, names, callables, invalid values)
-    is returned as it is, for :func:`target_indices` to resolve or reject with its messages.
-    """
-    if isinstance(target, CheckedIndices) or target is None:
-        return target
-    if isinstance(target, Tensor):
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+    @classmethod
+    def of(
+        cls, target: Any, batch: int, device: torch.device | str | None = None
+    ) -> ResolvedTarget:
+        """Normalise ``target`` for a batch of ``batch`` images whose model is on ``device``.
+
+        Args:
+            target: see the module docstring; a :class:`ResolvedTarget` is checked against
+                ``batch`` and returned (its indices moved to ``device``).
+            batch: the number of images.
+            device: where the class indices go (the model's device); default: the CPU, or a
+                tensor target's own device.
+
+        Raises:
+            TargetError: a float, a bool, a negative index, an unknown class name, a tensor
+                that is not a 0-D or 1-D integer tensor, a number of targets that is neither 1
+                nor ``batch``, or a value of another type.
+        """
+        if isinstance(target, ResolvedTarget):
+            if target.indices is None:
+                return target
+            if target.indices.shape != (batch,):
+                raise _wrong_length(target.indices.numel(), batch)
+            if device is not None and target.indices.device != torch.device(device):
+                return replace(target, indices=target.indices.to(device))
             return target
-        values = target.reshape(-1).tolist()  # one read at the start of the call
-    elif isinstance(target, bool):
-        return target
-    elif isinstance(target, int):
-        values = [target]
-    elif isinstance(target, Sequence) and not isinstance(target, str):
-        values = list(target)
-    else:
-        return target
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-        return target
-    if len(values) == 1:
-        values = values * batch
-    if len(values) != batch:
-        return target
-    indices = torch.tensor(values, dtype=torch.long, device=device)
-    return CheckedIndices(indices, max(values))
+        if target is None:
+            return cls()
+        if callable(target) and not isinstance(target, Tensor):
+            return cls(fn=target)
+        if (
+            not isinstance(target, (Tensor, str, Sequence))
+            and hasattr(target, "__array__")
+            and getattr(target, "ndim", 0) > 0
+        ):
+            target = torch.as_tensor(target)  # a NumPy array of indices
+        if isinstance(target, Tensor):
+            return cls._of_tensor(target, batch, device)
+        values = (
+            list(target)
+            if isinstance(target, Sequence) and not isinstance(target, str)
+            else [target]
+        )
+        checked = [_one_index(v) for v in values]
+        if len(checked) == 1:
+            checked = checked * batch
+        if len(checked) != batch:
+            raise _wrong_length(len(checked), batch)
+        indices = torch.tensor([i for i, _ in checked], dtype=torch.long, device=device)
+        return cls(indices, high=max(i for i, _ in checked), names=any(n for _, n in checked))
+
+    @classmethod
+    def _of_tensor(
+        cls, target: Tensor, batch: int, device: torch.device | str | None
+    ) -> ResolvedTarget:
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TargetError(
+                f"a target tensor must hold integer class indices, got {target.dtype}; pass "
+                "a long tensor such as torch.tensor([3, 7])"
+            )
+        if target.dim() > 1:
+            raise TargetError(
+                f"a target tensor must be 0-D or 1-D (one class per image), got shape "
+                f"{tuple(target.shape)}; flatten it"
+            )
+        flat = target.detach().reshape(-1)
+        count = flat.numel()
+        if count not in (1, batch):
+            raise _wrong_length(count, batch)
+        # one read of two values, at the start of the call (before the forward pass)
+        low, high = (int(v) for v in torch.stack(list(torch.aminmax(flat))).tolist())
+        if low < 0:
+            raise _negative(low)
+        if count == 1:
+            flat = flat.expand(batch)
+        # a copy: the caller's tensor is never aliased, so never modified
+        indices = flat.to(device=device or flat.device, dtype=torch.long, copy=True)
+        return cls(indices.contiguous(), high=high)
+
+    @classmethod
+    def checked(cls, indices: Tensor) -> ResolvedTarget:
+        """Class indices already checked (``(B,)`` long, on the device), resolved unread."""
+        return cls(indices)
+
+    # -- what it is --------------------------------------------------------------------------
+
+    @property
+    def predicted(self) -> bool:
+        """Whether the target is the predicted class (known only from the output)."""
+        return self.indices is None and self.fn is None
+
+    def rows(self, rows: Tensor) -> ResolvedTarget:
+        """The target of some rows (``rows`` indexes the batch), for batched sampling methods.
+
+        Raises:
+            ValueError: for the predicted class, which needs the clean output first.
+        """
+        if self.indices is None:
+            if self.fn is None:
+                raise ValueError("the predicted class needs the clean forward pass")
+            return self  # a callable applies to any rows
+        return replace(self, indices=self.indices[rows.to(self.indices.device)])
+
+    def check_classes(self, num_classes: int) -> None:
+        """Raise :class:`TargetError` if the indices do not fit a model of ``num_classes``."""
+        if self.names and num_classes != 1000:
+            raise TargetError(
+                f"class names need an ImageNet model with 1000 outputs, but this model has "
+                f"{num_classes}; pass the class index instead"
+            )
+        if self.high is not None and self.high >= num_classes:
+            raise class_out_of_range(self.high, num_classes)
+
+    # -- resolution on an output -------------------------------------------------------------
+
+    def class_indices(self, output: Any) -> Tensor | None:
+        """The ``(B,)`` class indices on the output's device (``None`` for a callable).
+
+        ``output`` is the model's output; its logits (:func:`logits_of`) must be
+        ``(B, num_classes)``. The predicted class is the logits' ``argmax``.
+
+        Raises:
+            TargetError: an output without ``(B, num_classes)`` logits, an index out of range,
+                class names on a model that is not an ImageNet classifier, or indices for
+                another batch size.
+        """
+        if self.fn is not None:
+            return None
+        logits = logits_of(output)
+        if logits.dim() != 2:
+            raise TargetError(
+                f"class targets need a model output of shape (B, num_classes), got "
+                f"{tuple(logits.shape)}; pass a callable target that returns one score per "
+                "sample"
+            )
+        batch, num_classes = logits.shape
+        if self.indices is None:
+            return logits.detach().argmax(1)
+        self.check_classes(num_classes)
+        if self.indices.shape != (batch,):
+            raise _wrong_length(self.indices.numel(), batch)
+        return self.indices.to(logits.device)
+
+    def resolve(self, output: Any) -> Resolved:
+        """Select the score to explain for every sample of ``output``.
+
+        Returns:
+            :class:`Resolved` with ``scores[b] = logits[b, index[b]]`` (or ``fn(logits)``).
+
+        Raises:
+            TargetError: see :meth:`class_indices`; a callable that does not return one score
+                per sample.
+        """
+        if self.fn is not None:
+            from ._outputs import output_batch
+
+            source = explained_output(output)  # the logits, or an output without them as is
+            scores = self.fn(source)
+            batch = output_batch(source)
+            if (
+                not isinstance(scores, Tensor)
+                or scores.dim() != 1
+                or (batch is not None and scores.shape[0] != batch)
+            ):
+                got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+                want = f"({batch},)" if batch is not None else "(B,)"
+                raise TargetError(
+                    f"a callable target must return one score per sample, shape {want}, got {got}"
+                )
+            return Resolved(scores, None)
+        logits = logits_of(output)
+        if logits.dim() == 1:  # one logit per sample (a binary classifier): class 0 is it
+            logits = logits.unsqueeze(1)
+        idx = self.class_indices(logits)
+        assert idx is not None
+        return Resolved(logits.gather(1, idx[:, None]).squeeze(1), idx)
+
+    def scores(self, output: Any) -> Tensor:
+        """The ``(B,)`` scores whose sum a gradient method backpropagates (:meth:`resolve`)."""
+        return self.resolve(output).scores
 
 
-def resolve(target: Target, output: Any) -> Resolved:
-    """Select the score to explain for every sample.
+def as_target(target: AnyTarget, output: Any) -> ResolvedTarget:
+    """``target`` normalised for ``output`` (a :class:`ResolvedTarget` is returned as it is).
+
+    For helpers given a user's target after the forward pass; the methods' entry points
+    normalise theirs before it with :meth:`ResolvedTarget.of`.
+    """
+    if isinstance(target, ResolvedTarget):
+        return target
+    if target is None or (callable(target) and not isinstance(target, Tensor)):
+        return ResolvedTarget.of(target, 1)
+    logits = logits_of(output)
+    return ResolvedTarget.of(target, logits.shape[0] if logits.dim() else 1, logits.device)
+
+
+def resolve(target: AnyTarget, output: Any) -> Resolved:
+    """Select the score to explain for every sample (:meth:`ResolvedTarget.resolve`).
 
     Args:
-        target: see the module docstring.
+        target: a :class:`ResolvedTarget`, or a user's target (normalised here, after the
+            forward pass: the methods' entry points normalise theirs before it).
         output: the model output; its logits (:func:`logits_of`) are what targets select from.
             A callable target receives the logits, or the output itself if it has none.
-
-    Returns:
-        :class:`Resolved` with ``scores[b] = logits[b, index[b]]`` (or ``target(logits)``).
 
     Raises:
         TargetError: a bad target, an output without logits for a class target, or a callable
             that does not return one score per sample.
     """
-    if callable(target) and not isinstance(target, Tensor):
-        from ._outputs import output_batch
-
-        source = explained_output(output)  # the logits, or an output without them as it is
-        scores = target(source)
-        batch = output_batch(source)
-        if (
-            not isinstance(scores, Tensor)
-            or scores.dim() != 1
-            or (batch is not None and scores.shape[0] != batch)
-        ):
-            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            want = f"({batch},)" if batch is not None else "(B,)"
-            raise TargetError(
-                f"a callable target must return one score per sample, shape {want}, got {got}"
-            )
-        return Resolved(scores, None)
-    output = logits_of(output)
-    if output.dim() == 1:  # one logit per sample (a binary classifier): class 0 is that logit
-        output = output.unsqueeze(1)
-    idx = target_indices(target, output)
-    assert idx is not None
-    return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)
+    return as_target(target, output).resolve(output)
 
 
 __all__ = [
-    "CheckedIndices",
+    "AnyTarget",
     "Resolved",
+    "ResolvedTarget",
     "Target",
+    "as_target",
     "class_out_of_range",
     "detach_output",
     "explained_output",
     "logits_of",
-    "prepare_target",
     "resolve",
-    "target_indices",
 ]

@@ -31,7 +31,7 @@ from . import _guards
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._outputs import explained_output
 from ._surgery import model_device, preserved_state
-from ._targets import Target, prepare_target, resolve
+from ._targets import AnyTarget, ResolvedTarget, Target, resolve
 from ._validate import check_images, syncs_allowed
 from .errors import FlashTorchError, MethodError
 
@@ -195,7 +195,8 @@ class AttributionMethod(abc.ABC):
 
         Args:
             inputs: ``(B, C, H, W)`` float tensor, normalised as the model expects. Never modified.
-            target: class index, name, sequence, tensor, callable or ``None`` (predicted class).
+            target: class index, name, sequence, 0-D or 1-D integer tensor, callable or ``None``
+                (predicted class); see :mod:`flashtorch._targets`.
 
         Returns:
             An :class:`Attribution` on the inputs' device, its maps in the inputs' dtype
@@ -205,6 +206,9 @@ class AttributionMethod(abc.ABC):
         Raises:
             InputError: bad inputs, or a model whose tensors were created under
                 ``torch.inference_mode()``.
+            TargetError: a float, bool, negative or wrongly shaped target, or the wrong number
+                of targets (before the model runs); a class beyond the model's outputs (once
+                the output is known, before any backward pass).
         """
         x = check_images(inputs)
         with _guards.outermost_call() as outer, _guards.leave_inference_mode():
@@ -237,7 +241,8 @@ class AttributionMethod(abc.ABC):
             raise _guards.meta_model_error(self.name)
         device = model_device(self.model)
         x = _guards.usable_input(x.detach().to(device, model_dtype(self.model, x.dtype)))
-        target = prepare_target(target, x.shape[0], device)
+        # the target, checked and on the device, before the forward pass (_targets.py)
+        target = ResolvedTarget.of(target, x.shape[0], device)
         net = self.model
         if self.fast:
             # channels_last where it is faster: the CPU, and CUDA with tensor cores
@@ -335,7 +340,7 @@ def model_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
     return default
 
 
-def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Any, Tensor, Any]:
+def forward_scores(model: nn.Module, inputs: Tensor, target: AnyTarget) -> tuple[Any, Tensor, Any]:
     """Run the model and pick the target scores: ``(output, scores, indices)``.
 
     ``output`` is the model's logits (:func:`~flashtorch._outputs.explained_output`), or its

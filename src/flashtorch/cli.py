@@ -389,10 +389,20 @@ def parse_target(value: str | None) -> int | str | None:
         if index < 0:
             _usage(f"--target {value!r}: a class index must be >= 0")
         return index
+    _refuse_number(value)
     from .utils import ImageNetIndex
 
     ImageNetIndex()[text]  # raises ClassNameError with close names
     return text
+
+
+def _refuse_number(value: str) -> None:
+    """A ``--target`` that reads as a number but not as a whole one (``3.7``, ``1e3``)."""
+    try:
+        float(value)
+    except ValueError:
+        return
+    _usage(f"--target {value!r}: a class index must be a whole number >= 0 (e.g. 281)")
 
 
 def parse_channels(value: str) -> list[int]:
@@ -659,7 +669,7 @@ def run_methods(
     import torch
 
     from . import get_method
-    from ._targets import explained_output
+    from ._targets import ResolvedTarget, explained_output
     from .errors import MethodError
     from .utils import apply_transforms, denormalize
 
@@ -678,6 +688,8 @@ def run_methods(
             logits = explained_output(loaded.model(x))  # .logits, ["logits"], [0] or as is
         tops = top_k(logits, 5) if _is_logits(logits) else [[] for _ in chunk]
         num_classes = int(logits.shape[1]) if _is_logits(logits) else 0
+        if start == 0 and target is not None:  # a bad class fails before anything is printed
+            ResolvedTarget.of(target, len(chunk)).class_indices(logits)
         shown = denormalize(x.cpu(), loaded.mean, loaded.std).clamp(0, 1)
         results = [
             ImageResult(paths[start + i], stems[start + i], shown[i], tops[i], num_classes)
@@ -1084,6 +1096,7 @@ def _run_target(value: str | None) -> int | str | None:
         if index < 0:
             _usage(f"--target {value!r}: a class index must be >= 0")
         return index
+    _refuse_number(value)
     return text  # a class name, looked up in the model's class index before any work
 
 

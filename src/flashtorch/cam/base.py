@@ -118,7 +118,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
-from .._targets import Target, detach_output, explained_output, prepare_target, resolve
+from .._targets import (
+    AnyTarget,
+    ResolvedTarget,
+    Target,
+    detach_output,
+    explained_output,
+    resolve,
+)
 from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
 from .._validate import check_images, syncs_allowed
 from ..attribution import AttributionMethod, MethodOutput
@@ -186,7 +193,7 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12, rtol: float | None = None) 
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _discover(model: nn.Module, inputs: Tensor, target: Target) -> tuple[str, bool]:
+def _discover(model: nn.Module, inputs: Tensor, target: AnyTarget) -> tuple[str, bool]:
     """The default layer for ``inputs`` and whether to remember it: one forward and one backward.
 
     See the module docstring. When the score's gradient is zero at every candidate map, the
@@ -295,7 +302,7 @@ def _memo_key(model: nn.Module, inputs: Tensor) -> tuple:
     return tuple(key)
 
 
-def _default_name(model: nn.Module, inputs: Tensor, target: Target) -> str:
+def _default_name(model: nn.Module, inputs: Tensor, target: AnyTarget) -> str:
     """The remembered default layer for this model and input shape, found first if needed."""
     key = _memo_key(model, inputs)
     name = _DEFAULT_LAYERS.get(model, {}).get(key)
@@ -319,7 +326,7 @@ def default_layer(model: nn.Module, inputs: Tensor, target: Target = None) -> st
     x = check_images(inputs)
     with preserved_state(model, freeze=False):
         x = x.detach().to(model_device(model))
-        return _default_name(model, x, prepare_target(target, x.shape[0], x.device))
+        return _default_name(model, x, ResolvedTarget.of(target, x.shape[0], x.device))
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +403,7 @@ def _gradient(scores: Tensor, activation: Tensor, name: str) -> Tensor:
     return grad
 
 
-def _resolve_scores(target: Target, output: Tensor) -> tuple[Tensor, Tensor | None]:
+def _resolve_scores(target: AnyTarget, output: Tensor) -> tuple[Tensor, Tensor | None]:
     resolved = resolve(target, output)
     return resolved.scores, resolved.indices
 

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .._surgery import LayerRecorder, RectifierRule, rectifiers_between
-from .._targets import Target
+from .._targets import ResolvedTarget, Target
 from ..attribution import MethodOutput, register
 from ..saliency.gradient import input_gradients
 from .base import _default_name, _resolve_scores
@@ -80,7 +80,7 @@ class GuidedGradCAM(GradCAM):
                 return out
         self.passes = (2, 2)
         cam = super().compute(inputs, target)
-        same = cam.targets if cam.targets is not None else target
+        same = target if cam.targets is None else ResolvedTarget.checked(cam.targets)
         guided = input_gradients(self.model, inputs, same, "guided", method=self.name)
         extras = dict(cam.extras)
         extras["cam"] = cam.maps

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._targets import Target, logits_of, resolve
+from .._targets import AnyTarget, Target, logits_of, resolve
 from .._validate import check_positive_int
 from ..attribution import register
 from ..errors import InputError, MethodError
@@ -38,7 +38,7 @@ from .gradcam import weighted_sum
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def score_function(indices: Tensor | None, target: Target) -> ScoreFn:
+def score_function(indices: Tensor | None, target: AnyTarget) -> ScoreFn:
     """``f(output, rows) -> (n,)``: the explained score of masked copies of images ``rows``.
 
     Class targets pick ``output[i, indices[rows[i]]]``; a callable target is applied to the

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import model_device, preserved_state
-from .._targets import Target, explained_output, resolve, target_indices
+from .._targets import ResolvedTarget, Target, explained_output
 from .._validate import check_images
 from ..errors import InputError
 from ._maps import as_maps
@@ -203,6 +203,7 @@ def perturbation_curve(
     fractions = counts.float() / pixels
 
     device = model_device(model)
+    resolved = ResolvedTarget.of(target, batch, device)  # checked before any forward
     x = x0.detach().to(device)
     base = _baseline(x, baseline, mode, fill, sigma, kernel_size)
     order = m.to(device).flatten(1).argsort(dim=1, descending=True, stable=True)
@@ -211,13 +212,13 @@ def perturbation_curve(
     ranks = ranks.view(batch, 1, h, w)
     counts_dev = counts.to(device)
 
-    callable_target = callable(target) and not isinstance(target, Tensor)
+    callable_target = resolved.fn is not None
     pairs = [(b, k) for b in range(batch) for k in range(steps + 1)]
     values = torch.empty(batch, steps + 1, dtype=torch.float32, device=device)
     with preserved_state(model, eval_mode=True), torch.no_grad():
         indices = None
         if not callable_target:
-            indices = target_indices(target, model(x))
+            indices = resolved.class_indices(model(x))
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             bi = torch.tensor([p[0] for p in chunk], device=device)
@@ -229,7 +230,7 @@ def perturbation_curve(
                 xs = torch.where(changed, x[bi], base[bi])
             out = explained_output(model(xs))  # the logits (or, without them, as it is)
             if callable_target:
-                s = resolve(target, out).scores
+                s = resolved.scores(out)
             else:
                 if score == "probability":
                     out = out.softmax(1)

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._surgery import HandleList, find_layer, model_device, preserved_state
-from .._targets import Target, target_indices
+from .._targets import ResolvedTarget, Target
 from .._validate import check_images
 from ..attribution import Attribution
 from ..errors import InputError, LayerError
@@ -351,12 +351,13 @@ def model_randomization(
     options = dict(options or {})
     device = model_device(model)
 
-    if callable(target) and not isinstance(target, Tensor):
+    resolved = ResolvedTarget.of(target, x.shape[0], device)  # checked before any forward
+    if resolved.fn is not None:
         fixed: Target = target
         indices = None
     else:
         with preserved_state(model, eval_mode=True), torch.no_grad():
-            indices = target_indices(target, model(x.detach().to(device)))
+            indices = resolved.class_indices(model(x.detach().to(device)))
         fixed = indices
 
     if layers is None:

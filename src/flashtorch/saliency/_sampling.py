@@ -10,7 +10,7 @@ batch, whatever ``N``. Row ``r`` of the expanded stream is sample ``r // B`` of 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._outputs import cat_outputs, explained_output
-from .._targets import CheckedIndices, Target, resolve
-from ..errors import InputError, MethodError, TargetError
+from .._targets import AnyTarget, ResolvedTarget, resolve
+from ..errors import InputError, MethodError
 
 #: internal batch used when ``internal_batch_size=None``: the caller's batch, at least this.
 DEFAULT_MIN_CHUNK = 32
@@ -107,61 +107,38 @@ def clean_forward(model: nn.Module, x: Tensor, size: int) -> Any:
     return cat_outputs([explained_output(model(x[a:b])) for a, b in chunks(x.shape[0], size)])
 
 
-def explained_scores(target: Target, output: Any) -> tuple[Tensor, Tensor | None]:
+def explained_scores(target: AnyTarget, output: Any) -> tuple[Tensor, Tensor | None]:
     """Resolve ``target`` on the clean output: ``(scores (B,), class indices (B,) or None)``."""
     resolved = resolve(target, output)
     return resolved.scores.detach(), resolved.indices
 
 
-def row_target(target: Target, indices: Tensor | None, rows: Tensor) -> Target:
+def row_target(target: AnyTarget, indices: Tensor | None, rows: Tensor) -> AnyTarget:
     """The target for a chunk of expanded rows: the fixed class indices, or the callable."""
-    return target if indices is None else CheckedIndices(indices[rows])
+    return target if indices is None else ResolvedTarget.checked(indices[rows])
 
 
-def needs_clean_pass(target: Target) -> bool:
-    """Whether the target can only be resolved on the clean output (``None``: the prediction)."""
-    return target is None
+def needs_clean_pass(target: AnyTarget) -> bool:
+    """Whether the target can only be resolved on the clean output (the predicted class)."""
+    return target is None or (isinstance(target, ResolvedTarget) and target.predicted)
 
 
-def rows_of_target(target: Target, batch: int, start: int, stop: int) -> Target:
+def rows_of_target(target: AnyTarget, batch: int, start: int, stop: int) -> ResolvedTarget:
     """The target of expanded rows ``[start, stop)``, without a forward pass of the clean batch.
 
-    Row ``r`` is image ``r % batch``.
-
-    A callable, one index or one name applies to every row as it is; a sequence or tensor of one
-    target per image is indexed by the rows' images (validated, so a wrong length fails before
-    any forward pass). ``None`` (the predicted class) needs the clean output: use
-    :func:`explained_scores`.
+    Row ``r`` is image ``r % batch``. A callable applies to every row as it is; class indices
+    (one per image, checked at the call's entry) are indexed by the rows' images on the device.
+    The predicted class needs the clean output: use :func:`explained_scores`.
 
     Raises:
-        TargetError: a sequence or tensor whose length is neither 1 nor ``batch``.
+        TargetError: a user's target (not yet normalised) that is refused for ``batch``.
     """
-    if target is None:  # pragma: no cover - callers check needs_clean_pass first
-        raise ValueError("target=None needs the clean forward pass")
-    if callable(target) and not isinstance(target, Tensor):
+    target = ResolvedTarget.of(target, batch)
+    if target.predicted:  # pragma: no cover - callers check needs_clean_pass first
+        raise ValueError("the predicted class needs the clean forward pass")
+    if target.indices is None:
         return target
-    if isinstance(target, CheckedIndices):  # one per image, on the device (prepare_target)
-        return target.rows(torch.arange(start, stop, device=target.indices.device) % batch)
-    flat: Tensor | list[Any]
-    if isinstance(target, Tensor):
-        flat = target.reshape(-1)
-        count = flat.numel()
-    elif isinstance(target, Sequence) and not isinstance(target, str):
-        flat = list(target)
-        count = len(flat)
-    else:  # one index or name (validated by the base method when it resolves it)
-        return target
-    if count == 1:
-        return target
-    if count != batch:
-        raise TargetError(
-            f"got {count} targets for a batch of {batch}; give one target for all samples or "
-            "one per sample"
-        )
-    images = [r % batch for r in range(start, stop)]
-    if isinstance(flat, Tensor):
-        return flat[torch.tensor(images, device=flat.device)]
-    return [flat[i] for i in images]
+    return target.rows(torch.arange(start, stop, device=target.indices.device) % batch)
 
 
 def _reflect_index(size: int, radius: int, device: torch.device) -> Tensor:

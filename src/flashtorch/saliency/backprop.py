@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._surgery import model_device, on_gpu
-from .._targets import Target
+from .._targets import ResolvedTarget, Target
 from ..attribution import AttributionMethod, reduce_channels
 from .gradient import Gradient, GuidedBackprop
 
@@ -78,12 +78,17 @@ class Backprop:
 
         Raises:
             MethodError: ``take_max`` names no channel reduction.
+            TargetError: a bad target (see :mod:`flashtorch._targets`), before the model runs.
         """
         how = _reduction(take_max)
         method: AttributionMethod = GuidedBackprop(self.model) if guided else Gradient(self.model)
+        target: Any = target_class
+        if isinstance(input_, Tensor) and input_.dim() == 4 and input_.shape[0]:
+            # a bad target fails here, before the model moves to the GPU (bad inputs: below)
+            target = ResolvedTarget.of(target_class, input_.shape[0])
         with on_gpu(self.model, use_gpu):
             x = input_.to(model_device(self.model)) if isinstance(input_, Tensor) else input_
-            result = method(x, target_class)
+            result = method(x, target)
         if target_class is not None and result.targets is not None and result.predicted is not None:
             differs = result.predicted != result.targets
             if bool(differs.any()):

@@ -22,14 +22,14 @@ from torch import Tensor, nn
 
 from .._outputs import detach_output
 from .._surgery import RectifierRule, Rule
-from .._targets import Target
+from .._targets import AnyTarget, Target
 from ..attribution import AttributionMethod, MethodOutput, forward_scores, register
 
 
 def input_gradients(
     model: nn.Module,
     inputs: Tensor,
-    target: Target,
+    target: AnyTarget,
     rule: Rule | None = None,
     *,
     method: str = "gradient",

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .._outputs import take_rows
-from .._targets import CheckedIndices, Target
+from .._targets import ResolvedTarget, Target
 from ..attribution import AttributionMethod, MethodOutput, register
 from ..errors import InputError, MethodError
 from ._sampling import (
@@ -307,7 +307,7 @@ class IntegratedGradients(AttributionMethod):
                 )
                 scores, indices = explained_scores(target, output)
                 base_scores, _ = explained_scores(
-                    target if indices is None else CheckedIndices(indices), base_out
+                    target if indices is None else ResolvedTarget.checked(indices), base_out
                 )
 
         integral = torch.zeros_like(x)
