@@ -67,8 +67,13 @@ def import_profile(args: tuple[str, ...], env: dict[str, str]) -> tuple[int, flo
         "    pass\n"
         "sys.stderr.write('TORCH=%d\\n' % ('torch' in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     modules = 0
     total = 0.0
     torch_loaded = False
@@ -89,18 +94,27 @@ def measure(src: Path, runs: int) -> list[dict[str, object]]:
     env = _env(src)
     rows: list[dict[str, object]] = []
     bare = wall([sys.executable, "-c", "pass"], env, runs)
-    rows.append({"command": "python -c pass", "times": bare, "modules": None, "import_ms": None,
-                 "torch": False})
+    rows.append(
+        {
+            "command": "python -c pass",
+            "times": bare,
+            "modules": None,
+            "import_ms": None,
+            "torch": False,
+        }
+    )
     for args in COMMANDS:
         times = wall([sys.executable, "-m", "flashtorch", *args], env, runs)
         profiles = [import_profile(args, env) for _ in range(runs)]
-        rows.append({
-            "command": "flashtorch " + " ".join(args),
-            "times": times,
-            "modules": profiles[0][0],
-            "import_ms": statistics.median(p[1] for p in profiles) / 1000,
-            "torch": any(p[2] for p in profiles),
-        })
+        rows.append(
+            {
+                "command": "flashtorch " + " ".join(args),
+                "times": times,
+                "modules": profiles[0][0],
+                "import_ms": statistics.median(p[1] for p in profiles) / 1000,
+                "torch": any(p[2] for p in profiles),
+            }
+        )
     return rows
 
 
@@ -129,8 +143,12 @@ def markdown(rows: list[dict[str, object]], label: str, runs: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", type=Path, default=ROOT / "src",
-                        help="the src folder holding the flashtorch package to measure")
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=ROOT / "src",
+        help="the src folder holding the flashtorch package to measure",
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--label", default="this checkout")
     parser.add_argument("--out", type=Path, help="append the Markdown table to this file")
@@ -139,8 +157,10 @@ def main() -> None:
     text = markdown(rows, args.label, args.runs)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load is not None:
-        text += (f"\nPython {platform.python_version()}, {os.cpu_count()} CPUs, load average "
-                 f"{load[0]:.1f} after the runs.\n")
+        text += (
+            f"\nPython {platform.python_version()}, {os.cpu_count()} CPUs, load average "
+            f"{load[0]:.1f} after the runs.\n"
+        )
     print(text)
     if args.out is not None:
         with args.out.open("a", encoding="utf-8") as handle:

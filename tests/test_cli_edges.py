@@ -64,8 +64,14 @@ def _truncated_png(path: Path) -> Path:
 def test_python_dash_m_flashtorch_version():
     import flashtorch
 
-    proc = subprocess.run([sys.executable, "-m", "flashtorch", "--version"], capture_output=True,
-                          text=True, timeout=300, env=_env(), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashtorch", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"flashtorch {flashtorch.__version__}"
 
@@ -85,8 +91,14 @@ def test_light_commands_do_not_import_torch():
         "    if loaded:\n"
         "        sys.exit(f'{args} imported {loaded}')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=_env(), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -94,8 +106,7 @@ def test_static_method_index_matches_the_registry():
     from flashtorch._method_index import METHOD_INDEX, generate
 
     assert METHOD_INDEX == generate(), (
-        "src/flashtorch/_method_index.py is stale: run `python -m flashtorch._method_index "
-        "--write`"
+        "src/flashtorch/_method_index.py is stale: run `python -m flashtorch._method_index --write`"
     )
 
 
@@ -112,13 +123,27 @@ def test_methods_command_lists_the_registry_with_summaries(capsys):
 
 
 def test_registry_is_complete_whatever_is_imported_first():
+    # the first reads come from four threads at once: each sees the whole registry
     code = (
+        "import threading\n"
         "from flashtorch.cam import GradCAM\n"
         "from flashtorch.attribution import available_methods\n"
-        "print(','.join(available_methods()))\n"
+        "seen = []\n"
+        "threads = [threading.Thread(target=lambda: seen.append(available_methods()))\n"
+        "           for _ in range(4)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "assert len(seen) == 4 and all(s == seen[0] for s in seen), seen\n"
+        "print(','.join(seen[0]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=_env(), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     from flashtorch import available_methods
 
@@ -163,8 +188,9 @@ def test_explain_takes_a_folder_recursively_and_skips_non_images(capsys, tiny_mo
     _png(photos / ".hidden.png", 3)
     (photos / "notes.txt").write_text("not an image")
     out_dir = tmp_path / "o"
-    code, out, err = call(capsys, "explain", str(photos), *tiny_model, "--format", "npy",
-                          "-o", str(out_dir))
+    code, out, err = call(
+        capsys, "explain", str(photos), *tiny_model, "--format", "npy", "-o", str(out_dir)
+    )
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("flashtorch: warning:")]
     assert len(warnings) == 1 and "notes.txt" in warnings[0] and "skipped" in warnings[0]
@@ -186,8 +212,9 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(capsys, tiny_mod
     assert len(list(out_dir.iterdir())) == 1
 
 
-def test_an_unreadable_image_is_skipped_before_anything_is_written(capsys, tiny_model, tmp_path,
-                                                                    monkeypatch):
+def test_an_unreadable_image_is_skipped_before_anything_is_written(
+    capsys, tiny_model, tmp_path, monkeypatch
+):
     import flashtorch.plot._common as common
 
     good = _png(tmp_path / "good.png")
@@ -201,8 +228,9 @@ def test_an_unreadable_image_is_skipped_before_anything_is_written(capsys, tiny_
         return real(path, data)
 
     monkeypatch.setattr(common, "atomic_write_bytes", recording)
-    code, _, err = call(capsys, "explain", str(good), str(bad), *tiny_model, "--batch-size",
-                        "1", "-o", str(out_dir))
+    code, _, err = call(
+        capsys, "explain", str(good), str(bad), *tiny_model, "--batch-size", "1", "-o", str(out_dir)
+    )
     err = "".join(writes) + err
     assert code == 0, err
     assert writes and "skipped" in writes[0] and "bad.png" in writes[0]  # warned before writing
@@ -213,8 +241,9 @@ def test_only_unreadable_images_write_nothing(capsys, tiny_model, tmp_path):
     bad = _truncated_png(tmp_path / "bad.png")
     (tmp_path / "notes.jpg").write_text("not an image")
     out_dir = tmp_path / "o"
-    code, _, err = call(capsys, "explain", str(bad), str(tmp_path / "notes.jpg"), *tiny_model,
-                        "-o", str(out_dir))
+    code, _, err = call(
+        capsys, "explain", str(bad), str(tmp_path / "notes.jpg"), *tiny_model, "-o", str(out_dir)
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("flashtorch: error: no readable image") and "bad.png" in lines[0]
@@ -225,21 +254,46 @@ def test_two_targets_give_two_files(capsys, tiny_model, tmp_path):
     image = _png(tmp_path / "cat.png")
     out_dir = tmp_path / "o"
     for target in ("3", "5"):
-        code, _, err = call(capsys, "explain", str(image), *tiny_model, "--target", target,
-                            "--format", "npy", "-o", str(out_dir))
+        code, _, err = call(
+            capsys,
+            "explain",
+            str(image),
+            *tiny_model,
+            "--target",
+            target,
+            "--format",
+            "npy",
+            "-o",
+            str(out_dir),
+        )
         assert code == 0, err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["cat_gradient_t3.npy",
-                                                         "cat_gradient_t5.npy"]
-    assert not np.array_equal(np.load(out_dir / "cat_gradient_t3.npy"),
-                              np.load(out_dir / "cat_gradient_t5.npy"))
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "cat_gradient_t3.npy",
+        "cat_gradient_t5.npy",
+    ]
+    assert not np.array_equal(
+        np.load(out_dir / "cat_gradient_t3.npy"), np.load(out_dir / "cat_gradient_t5.npy")
+    )
 
 
 def test_names_that_collide_after_sanitising_stay_distinct(capsys, tiny_model, tmp_path):
-    inputs = [_png(tmp_path / name, seed) for seed, name in
-              enumerate(["a b.png", "a_b.png", "a_b-2.png", "A_B.jpg"])]
+    inputs = [
+        _png(tmp_path / name, seed)
+        for seed, name in enumerate(["a b.png", "a_b.png", "a_b-2.png", "A_B.jpg"])
+    ]
     out_dir = tmp_path / "o"
-    code, out, err = call(capsys, "explain", *map(str, inputs), *tiny_model, "--format", "npy",
-                          "--target", "1", "-o", str(out_dir))
+    code, out, err = call(
+        capsys,
+        "explain",
+        *map(str, inputs),
+        *tiny_model,
+        "--format",
+        "npy",
+        "--target",
+        "1",
+        "-o",
+        str(out_dir),
+    )
     assert code == 0, err
     files = sorted(p.name for p in out_dir.iterdir())
     assert len(files) == 4 and len({f.casefold() for f in files}) == 4, files
@@ -254,8 +308,7 @@ def test_output_stems_never_collide_with_a_method_name():
     stems = cli.output_stems(["a.png", "a_guided.png"], ["gradcam", "guided_gradcam"])
     names = {f"{s}_{m}" for s in stems for m in ("gradcam", "guided_gradcam")}
     assert len(names) == 4 and stems[0] == "a"
-    assert cli.output_stems(["x/cat.jpg", "y/Cat.jpg", "cat-2.png"]) == ["cat", "Cat-2",
-                                                                       "cat-2-2"]
+    assert cli.output_stems(["x/cat.jpg", "y/Cat.jpg", "cat-2.png"]) == ["cat", "Cat-2", "cat-2-2"]
 
 
 def test_folder_extensions_match_flashtorch_run():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import difflib
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -348,20 +349,26 @@ class _Registry(dict):  # type: ignore[type-arg]
     """
 
     _state = {"loaded": False, "loading": False}
+    #: Re-entrant: the importing thread reads the registry again while it loads; another
+    #: thread waits for the whole registry instead of seeing part of it.
+    _lock = threading.RLock()
 
     def _load(self) -> None:
         state = self._state
-        if state["loaded"] or state["loading"]:
+        if state["loaded"]:
             return
-        state["loading"] = True
-        try:
-            from . import load_methods
+        with self._lock:
+            if state["loaded"] or state["loading"]:
+                return
+            state["loading"] = True
+            try:
+                from . import load_methods
 
-            load_methods()
-            state["loaded"] = True
-            self._sort()
-        finally:
-            state["loading"] = False
+                load_methods()
+                state["loaded"] = True
+                self._sort()
+            finally:
+                state["loading"] = False
 
     def _sort(self) -> None:
         """Registry order whatever the import order: gradient family, CAMs, attention, others."""

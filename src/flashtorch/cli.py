@@ -31,8 +31,6 @@ half-written PNG, NPY or HTML file.
 
 from __future__ import annotations
 
-import ast
-import inspect
 import os
 import re
 import shlex
@@ -385,6 +383,8 @@ def parse_channels(value: str) -> list[int]:
 
 def parse_options(values: Sequence[str]) -> dict[str, Any]:
     """``--opt KEY=VALUE`` (repeatable) -> a dict; values are Python literals or strings."""
+    import ast
+
     options: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -399,6 +399,8 @@ def parse_options(values: Sequence[str]) -> dict[str, Any]:
 
 
 def _accepts(cls: type, key: str) -> bool:
+    import inspect
+
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):

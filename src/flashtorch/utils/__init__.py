@@ -24,15 +24,17 @@ if TYPE_CHECKING:
 
 #: The image helpers (they need torch), imported on first use so that ``ImageNetIndex``
 #: (``flashtorch classes``) does not import torch.
-_IMAGE_NAMES = frozenset({
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "apply_transforms",
-    "denormalize",
-    "format_for_plotting",
-    "load_image",
-    "standardize_and_clip",
-})
+_IMAGE_NAMES = frozenset(
+    {
+        "IMAGENET_MEAN",
+        "IMAGENET_STD",
+        "apply_transforms",
+        "denormalize",
+        "format_for_plotting",
+        "load_image",
+        "standardize_and_clip",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
