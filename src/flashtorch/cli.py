@@ -860,7 +860,7 @@ def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
 
 
 @cli.command(short_help="Maps of IMAGE... as PNG/NPY files, and the top-5 classes.")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE|DIR...")
 @_model_options
 @_METHOD_OPTION
 @_TARGET_OPTION
@@ -887,8 +887,8 @@ def explain(
     over the image the model saw, at its input resolution) and/or .npy (the raw (C, H, W)
     float32 map); <class> is the index of the class explained. IMAGE may be a folder (its
     images, recursively); files that are not readable images are skipped with a warning,
-    before any work. Two inputs whose names would give the same file names (``a b.jpg`` and
-    ``a_b.jpg``) get distinct ones (``a_b-2_...``), said on a note line.
+    before any work. Two inputs whose names would give the same file names ('a b.jpg' and
+    'a_b.jpg') get distinct ones ('a_b-2_...'), said on a note line.
     """
     from matplotlib import colormaps
 
