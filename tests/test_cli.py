@@ -121,6 +121,11 @@ def png_array(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def untargeted(name: str) -> str:
+    """An output file name without its ``_t<class>`` part (the class each image's top one)."""
+    return re.sub(r"_t\d+(?=\.\w+$)", "", name)
+
+
 def top5_lines(stdout: str) -> list[tuple[int, str, int]]:
     return [
         (int(m[1]), m[2].strip(), int(m[3]))
@@ -169,18 +174,18 @@ def test_explain_writes_the_same_maps_and_overlays_as_the_library(tmp_path, pret
 
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "coffee_gradcam.npy",
-        "coffee_gradcam.png",
-        "coffee_gradient.npy",
-        "coffee_gradient.png",
-    ]  # and no temporary files left behind
+        "coffee_gradcam_t967.npy",
+        "coffee_gradcam_t967.png",
+        "coffee_gradient_t967.npy",
+        "coffee_gradient_t967.png",
+    ]  # no temporary files
     image = denormalize(x)[0].clamp(0, 1)
     for method, channels in (("gradient", 3), ("gradcam", 1)):
-        raw = np.load(out / f"coffee_{method}.npy")
+        raw = np.load(out / f"coffee_{method}_t967.npy")
         assert raw.dtype == np.float32 and raw.shape == (channels, 96, 96)
         want = attribute(pretrained, x, target=967, method=method).maps[0]
         np.testing.assert_allclose(raw, want.numpy(), rtol=1e-4, atol=1e-6)
-        png = png_array(out / f"coffee_{method}.png")
+        png = png_array(out / f"coffee_{method}_t967.png")
         assert png.shape == (96, 96, 3)
         overlay = overlay_rgb(image, torch.from_numpy(raw), alpha=0.75)
         assert np.abs(png.astype(int) - overlay.astype(int)).max() <= 1
@@ -218,9 +223,11 @@ def test_explain_method_all_covers_every_registered_method(tmp_path):
     assert attention and all(f"skipped {m}: " in proc.stderr for m in attention)
     methods = [m for m in available_methods() if m not in attention]
     assert len(methods) >= 4
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"chelsea_{m}.npy" for m in methods)
+    files = {untargeted(p.name): p for p in out.iterdir()}
+    assert sorted(files) == sorted(f"chelsea_{m}.npy" for m in methods)
+    assert len({p.name.rsplit("_t", 1)[1] for p in files.values()}) == 1  # one top class
     for m in methods:
-        raw = np.load(out / f"chelsea_{m}.npy")
+        raw = np.load(files[f"chelsea_{m}.npy"])
         assert raw.ndim == 3 and raw.shape[0] in (1, 3) and raw.shape[1:] == (64, 64), m
         assert np.isfinite(raw).all(), m
 
@@ -398,7 +405,7 @@ def test_explain_on_a_factory_model_labels_classes_by_index(capsys, models_modul
     assert len(rows) == 10 and all(label == f"class {i}" for _, label, i in rows)
     assert f"wrote 4 file(s) to {out_dir}" in out
     for name in ("coffee_gradient", "coffee_gradcam", "chelsea_gradient", "chelsea_gradcam"):
-        assert png_array(out_dir / f"{name}.png").shape == (24, 24, 3)
+        assert png_array(out_dir / f"{name}_t3.png").shape == (24, 24, 3)
 
 
 def test_attention_methods_on_a_vit_and_their_error_on_a_cnn(capsys, models_module, tmp_path):
@@ -423,7 +430,7 @@ def test_attention_methods_on_a_vit_and_their_error_on_a_cnn(capsys, models_modu
     )
     assert code == 0, err
     for name in ("coffee_attention_rollout", "coffee_gradient_rollout"):
-        raw = np.load(out_dir / f"{name}.npy")
+        raw = np.load(out_dir / f"{name}_t3.npy")
         assert raw.shape == (1, 32, 32) and raw.min() == 0 and raw.max() == 1
     # named explicitly on a CNN: the method's own message, not a silent skip
     code, _, err = call(
@@ -467,10 +474,9 @@ def test_same_stem_images_get_distinct_outputs(capsys, models_module, tmp_path):
         str(out_dir),
     )
     assert code == 0, err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["x-2_gradient.npy", "x_gradient.npy"]
-    assert not np.array_equal(
-        np.load(out_dir / "x_gradient.npy"), np.load(out_dir / "x-2_gradient.npy")
-    )
+    files = {untargeted(p.name): p for p in out_dir.iterdir()}
+    assert sorted(files) == ["x-2_gradient.npy", "x_gradient.npy"]
+    assert not np.array_equal(np.load(files["x_gradient.npy"]), np.load(files["x-2_gradient.npy"]))
 
 
 def test_interrupted_write_leaves_no_partial_file(capsys, models_module, tmp_path, monkeypatch):
@@ -566,7 +572,7 @@ FAST_CASES = [
     # (args, exit status, a fragment of the message)
     (["explain", "{tmp}/missing.jpg"], 2, "no image file at"),
     (["explain", "{tmp}/notimage.jpg"], 2, "is not a readable image"),
-    (["explain", "{tmp}"], 2, "is a folder"),
+    (["explain", "{tmp}"], 2, "no readable image"),  # a folder of non-images
     (["explain", COFFEE, "--method", "gradcm"], 2, "did you mean 'gradcam'"),
     (["explain", COFFEE, "--target", "espreso"], 2, "'espresso' (967)"),
     (["explain", COFFEE, "--target", "-3"], 2, "must be >= 0"),
@@ -658,10 +664,10 @@ def test_pickled_model_needs_trust_pickle(capsys, models_module, tmp_path):
     ]
     code, _, err = call(capsys, *args)
     assert_one_line_error(err, code, 2, "--trust-pickle")
-    assert not (tmp_path / "o" / "coffee_gradient.png").exists()
+    assert not list((tmp_path / "o").glob("coffee_gradient*.png"))
     code, _, err = call(capsys, *args, "--trust-pickle")
     assert code == 0, err
-    assert (tmp_path / "o" / "coffee_gradient.png").exists()
+    assert len(list((tmp_path / "o").glob("coffee_gradient_t*.png"))) == 1
 
 
 def test_class_name_on_a_non_imagenet_model(capsys, models_module, tmp_path):

@@ -10,30 +10,35 @@ Example:
     >>> model = load_pretrained()
     >>> x = apply_transforms(load_image("examples/images/coffee.jpg"))
     >>> result = attribute(model, x, target="espresso", method="guided")
+
+``import flashtorch`` is light: the names below are imported on first use (PEP 562), so that
+``flashtorch --help``, ``--version``, ``classes`` and ``methods`` start without importing torch.
+Reading any of them (or :data:`flashtorch.attribution.METHODS`) imports every method family
+first, so the registry is always complete.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "1.0.0"
 
-# Importing the method packages registers their methods (gradient family first, then CAMs,
-# then the attention methods).
-from . import saliency  # noqa: E402,F401
-
-# isort: split
-from . import activmax, attention, cam, metrics  # noqa: E402,F401
-from ._fast import clear_fast_cache  # noqa: E402
-from ._graphs import GraphedMethod, graphed  # noqa: E402
-from .api import attribute  # noqa: E402
-from .attribution import (  # noqa: E402
-    METHODS,
-    Attribution,
-    AttributionMethod,
-    available_methods,
-    get_method,
-    reduce_channels,
-)
-from .saliency import Backprop  # noqa: E402
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from . import activmax, attention, cam, metrics, saliency
+    from ._fast import clear_fast_cache
+    from ._graphs import GraphedMethod, graphed
+    from .api import attribute
+    from .attribution import (
+        METHODS,
+        Attribution,
+        AttributionMethod,
+        available_methods,
+        get_method,
+        reduce_channels,
+    )
+    from .runs import open_run, run
+    from .saliency import Backprop
 
 __all__ = [
     "activmax",
@@ -57,16 +62,56 @@ __all__ = [
     "run",
 ]
 
-_LAZY = {"run": "run", "open_run": "open_run"}
+#: Public name -> the submodule that defines it (``None``: the name is a submodule).
+_LAZY: dict[str, str | None] = {
+    "activmax": None,
+    "attention": None,
+    "cam": None,
+    "metrics": None,
+    "saliency": None,
+    "METHODS": "attribution",
+    "Attribution": "attribution",
+    "AttributionMethod": "attribution",
+    "available_methods": "attribution",
+    "get_method": "attribution",
+    "reduce_channels": "attribution",
+    "Backprop": "saliency",
+    "GraphedMethod": "_graphs",
+    "graphed": "_graphs",
+    "clear_fast_cache": "_fast",
+    "attribute": "api",
+    "run": "runs",  # zarr and pyarrow are needed only when a run starts
+    "open_run": "runs",
+}
+
+
+def load_methods() -> None:
+    """Import every method family, which registers its methods in ``METHODS``.
+
+    The order is the registry's: the gradient family first, then the CAMs, then the attention
+    methods. Idempotent and cheap once done.
+    """
+    for family in _FAMILIES:  # import_module: `from . import x` would call __getattr__
+        importlib.import_module(f"{__name__}.{family}")
+
+
+#: The method packages in registry order (importing one registers its methods).
+_FAMILIES = ("saliency", "activmax", "attention", "cam", "metrics")
 
 
 def __getattr__(name: str) -> object:
-    """``flashtorch.run`` and ``flashtorch.open_run``, imported on first use.
+    """The public names, imported on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY[name]
+    if module != "runs":
+        load_methods()
+    if module is None:
+        return importlib.import_module(f"{__name__}.{name}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
-    So ``import flashtorch`` stays light: zarr and pyarrow are needed only when a run starts.
-    """
-    if name in _LAZY:
-        from . import runs
 
-        return getattr(runs, _LAZY[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,8 +19,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import difflib
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -355,7 +356,92 @@ def forward_scores(model: nn.Module, inputs: Tensor, target: AnyTarget) -> tuple
 # Registry
 # --------------------------------------------------------------------------------------------
 
-METHODS: dict[str, type[AttributionMethod]] = {}
+
+class _Registry(dict):  # type: ignore[type-arg]
+    """``METHODS``: a dict that imports every built-in method family before it is first read.
+
+    ``import flashtorch`` imports its method packages lazily (so the command line starts
+    without torch); this keeps the registry complete however the package was entered (e.g.
+    ``from flashtorch.cam import GradCAM`` alone). :func:`register` writes without loading.
+    """
+
+    _state = {"loaded": False, "loading": False}
+    #: Re-entrant: the importing thread reads the registry again while it loads; another
+    #: thread waits for the whole registry instead of seeing part of it.
+    _lock = threading.RLock()
+
+    def _load(self) -> None:
+        state = self._state
+        if state["loaded"]:
+            return
+        with self._lock:
+            if state["loaded"] or state["loading"]:
+                return
+            state["loading"] = True
+            try:
+                from . import load_methods
+
+                load_methods()
+                state["loaded"] = True
+                self._sort()
+            finally:
+                state["loading"] = False
+
+    def _sort(self) -> None:
+        """Registry order whatever the import order: gradient family, CAMs, attention, others."""
+        families = ("saliency", "cam", "attention")
+
+        def rank(item: tuple[str, type]) -> int:
+            parts = item[1].__module__.split(".")
+            family = parts[1] if len(parts) > 1 and parts[0] == "flashtorch" else ""
+            return families.index(family) if family in families else len(families)
+
+        ordered = sorted(dict.items(self), key=rank)  # stable: registration order within
+        dict.clear(self)
+        dict.update(self, ordered)
+
+    def __getitem__(self, key: str) -> type[AttributionMethod]:
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def __repr__(self) -> str:
+        self._load()
+        return dict.__repr__(self)
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102
+        self._load()
+        return dict.get(self, key, default)
+
+    def keys(self) -> Any:  # noqa: D102
+        self._load()
+        return dict.keys(self)
+
+    def values(self) -> Any:  # noqa: D102
+        self._load()
+        return dict.values(self)
+
+    def items(self) -> Any:  # noqa: D102
+        self._load()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, type[AttributionMethod]]:  # noqa: D102
+        self._load()
+        return dict(dict.items(self))
+
+
+METHODS: dict[str, type[AttributionMethod]] = _Registry()
 
 M = TypeVar("M", bound=type[AttributionMethod])
 
@@ -364,7 +450,8 @@ def register(cls: M) -> M:
     """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
+    known = dict.get(METHODS, cls.name)  # no lazy loading while a family registers
+    if known is not None and known is not cls:
         raise ValueError(f"method name {cls.name!r} is already registered")
     METHODS[cls.name] = cls
     return cls

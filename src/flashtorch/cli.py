@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    flashtorch explain IMAGE... [--model M] [--method NAME|all] [--target CLASS|INDEX]
+    flashtorch explain IMAGE|DIR... [--model M] [--method NAME|all] [--target CLASS|INDEX]
                                 [--layer L] [--out DIR] [--format png|npy|both] [--device D]
     flashtorch report IMAGE... [--method ...] -o report.html
     flashtorch report --run DIR -o report.html
@@ -18,8 +18,9 @@ do, and no traceback unless ``--debug`` is given. Exit status:
 
 * ``0`` success;
 * ``2`` usage errors: a bad option value, an unknown method, class, layer or model name (the
-  message suggests close names), a missing or unreadable image, an output folder that cannot
-  be created or written (checked *before* any work is done);
+  message suggests close names), a missing image file, no readable image at all, an output
+  folder that cannot be created or written (checked *before* any work is done). Inputs that
+  are not readable images are skipped with one warning line each, also before any work;
 * ``1`` run-time failures: a missing optional dependency, the model failing, an I/O error
   while writing results, anything unexpected;
 * ``130`` interrupted (Ctrl-C).
@@ -30,8 +31,6 @@ half-written PNG, NPY or HTML file.
 
 from __future__ import annotations
 
-import ast
-import inspect
 import os
 import re
 import shlex
@@ -425,6 +424,8 @@ def parse_channels(value: str) -> list[int]:
 
 def parse_options(values: Sequence[str]) -> dict[str, Any]:
     """``--opt KEY=VALUE`` (repeatable) -> a dict; values are Python literals or strings."""
+    import ast
+
     options: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -439,6 +440,8 @@ def parse_options(values: Sequence[str]) -> dict[str, Any]:
 
 
 def _accepts(cls: type, key: str) -> bool:
+    import inspect
+
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -503,16 +506,33 @@ def check_output_file(path: Path) -> Path:
     return path
 
 
-def output_stems(paths: Sequence[str]) -> list[str]:
-    """File-name stems for the outputs, made unique (``cat``, ``cat-2``...)."""
-    seen: dict[str, int] = {}
+def sanitized_stem(path: str) -> str:
+    """A file's stem with every run of unsafe characters replaced by ``_``."""
+    return re.sub(r"[^\w.+-]+", "_", Path(path).stem) or "image"
+
+
+def output_stems(paths: Sequence[str], methods: Sequence[str] = ()) -> list[str]:
+    """File-name stems for the outputs, made unique (``cat``, ``cat-2``...).
+
+    Unique after sanitising and ignoring case (``a b.jpg``, ``a_b.png`` and ``A_B.jpg`` share
+    ``a_b`` otherwise, and case-insensitive file systems would merge them), and such that no
+    ``<stem>_<method>`` of one image equals that of another for the given ``methods``
+    (``a_guided`` + ``gradcam`` against ``a`` + ``guided_gradcam``). The names, hence
+    any collision, are settled here, before anything is written.
+    """
+    taken: set[str] = set()
     stems = []
     for p in paths:
-        stem = Path(p).stem or "image"
-        stem = re.sub(r"[^\w.+-]+", "_", stem)
-        count = seen.get(stem, 0) + 1
-        seen[stem] = count
-        stems.append(stem if count == 1 else f"{stem}-{count}")
+        base = sanitized_stem(p)
+        stem, n = base, 1
+        while True:
+            keys = {stem.casefold()} | {f"{stem}_{m}".casefold() for m in methods}
+            if not keys & taken:
+                break
+            n += 1
+            stem = f"{base}-{n}"
+        taken |= keys
+        stems.append(stem)
     return stems
 
 
@@ -582,6 +602,86 @@ def check_images(paths: Sequence[str]) -> list[str]:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageLoadError(f"{p!r} is not a readable image ({exc})") from None
     return list(paths)
+
+
+#: The files a folder given to ``explain``/``report`` contributes (as ``flashtorch run`` takes).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+def collect_images(args: Sequence[str], exclude: Path | None = None) -> list[str]:
+    """IMAGE... arguments -> the readable images, each decoded once here, before any work.
+
+    A folder contributes its image files (by extension, recursively, sorted; hidden files and
+    folders are left out). A file that is not an image, or an image that cannot be decoded
+    (truncated, corrupt, refused by the decoder's limits), is skipped with one warning line
+    each, so one bad file does not stop a whole glob; and since every image is read here, a
+    bad one never stops the command half-way, after some outputs are written. Files under
+    ``exclude`` (the output folder) are not taken from folders.
+
+    Raises:
+        FileNotFoundError: an argument does not exist (a typo is not skipped).
+        CliUsageError: no readable image is left.
+    """
+    from .errors import ImageLoadError
+    from .utils import load_image
+
+    skipped: list[str] = []  # one line each, printed once the readable ones are known
+    candidates: list[str] = []
+    skip = exclude.resolve() if exclude is not None else None
+    for arg in args:
+        path = Path(arg)
+        if not path.exists():
+            raise FileNotFoundError(f"no image file at {arg!r}; check the path")
+        if not path.is_dir():
+            candidates.append(arg)
+            continue
+        found = 0
+        for root, dirs, files in os.walk(path):
+            if skip is not None and Path(root).resolve() == skip:
+                dirs[:] = []
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                file = os.path.join(root, name)
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    candidates.append(file)
+                    found += 1
+                else:
+                    skipped.append(f"{file} is not an image file (by its extension)")
+        if not found:
+            skipped.append(
+                f"folder {arg} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
+    readable: list[str] = []
+    for file in candidates:
+        if not Path(file).is_file():
+            skipped.append(f"{file} is not a regular file")
+            continue
+        try:
+            load_image(file).close()
+        except ImageLoadError as exc:
+            skipped.append(_one_line(str(exc)))
+            continue
+        except Exception as exc:  # any decoder failure (e.g. PIL's DecompressionBombError)
+            reason = _one_line(f"{type(exc).__name__}: {exc}")
+            skipped.append(f"{file!r} is not a readable image ({reason})")
+            continue
+        readable.append(file)
+    if not readable:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        first = skipped[0] if skipped else "nothing given"
+        _usage(f"no readable image: {first}{more}; nothing was written")
+    for line in skipped:
+        _warn(f"skipped {line}")
+    return readable
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,7 +779,7 @@ def run_methods(
             instances[name] = get_method(name)(loaded.model, **options.get(name, {}))
         except TypeError as exc:
             raise MethodError(f"bad option for method {name!r}: {exc}") from None
-    stems = output_stems(paths)
+    stems = output_stems(paths, methods)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])  # read here, batch by batch
         x = apply_transforms(chunk, size=loaded.size, mean=loaded.mean, std=loaded.std)
@@ -796,13 +896,14 @@ def _prepare(
     opts: Sequence[str],
     device: str,
     default_methods: Sequence[str] = ("guided",),
+    out_dir: Path | None = None,
 ) -> tuple[list[str], int | str | None, dict[str, dict[str, Any]], Any, list[Any]]:
     """Validate everything that needs no model: methods, target, options, device, images."""
     names = parse_methods(methods, default_methods)
     tgt = parse_target(target)
     options = method_options(names, parse_options(opts), layer)
     dev = resolve_device(device)
-    return names, tgt, options, dev, check_images(images)
+    return names, tgt, options, dev, collect_images(images, exclude=out_dir)
 
 
 def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
@@ -818,12 +919,12 @@ def _check_layer(loaded: LoadedModel, layer: str | None) -> None:
 
 
 @cli.command(short_help="Maps of IMAGE... as PNG/NPY files, and the top-5 classes.")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE|DIR...")
 @_model_options
 @_METHOD_OPTION
 @_TARGET_OPTION
 @_LAYER_OPTION
-@_out_option("<image>_<method>.png/.npy (created if needed)")
+@_out_option("<image>_<method>_t<class>.png/.npy (created if needed)")
 @click.option(
     "--format",
     "fmt",
@@ -858,8 +959,12 @@ def explain(
 ) -> None:
     """Explain the model's decision on IMAGE... with one or more methods.
 
-    Prints each image's top-5 classes and writes OUT/<image>_<method>.png (the map over the
-    image the model saw, at its input resolution) and/or .npy (the raw (C, H, W) float32 map).
+    Prints each image's top-5 classes and writes OUT/<image>_<method>_t<class>.png (the map
+    over the image the model saw, at its input resolution) and/or .npy (the raw (C, H, W)
+    float32 map); <class> is the index of the class explained. IMAGE may be a folder (its
+    images, recursively); files that are not readable images are skipped with a warning,
+    before any work. Two inputs whose names would give the same file names ('a b.jpg' and
+    'a_b.jpg') get distinct ones ('a_b-2_...'), said on a note line.
     """
     from matplotlib import colormaps
 
@@ -868,12 +973,17 @@ def explain(
 
     if cmap not in colormaps:
         _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
-    names, tgt, options, dev, paths = _prepare(images, methods, target, layer, opts, device)
+    names, tgt, options, dev, paths = _prepare(
+        images, methods, target, layer, opts, device, out_dir=out_dir
+    )
     check_output_dir(out_dir)
     loaded = load_cli_model(model_spec, dev, size, trust_pickle)
     _check_layer(loaded, layer)
+    for path, stem in zip(paths, output_stems(paths, names)):
+        if stem != sanitized_stem(path):
+            _info(ctx, f"note: {path} is written as {stem}_* (its name is another input's)")
 
-    written = 0
+    written: set[Path] = set()
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "explain") as bar:
         for result in run_methods(
@@ -888,15 +998,20 @@ def explain(
             skip_inapplicable=_wants_all(methods),
         ):
             for item in result.maps:
-                base = out_dir / f"{result.stem}_{item.method}"
-                if fmt in ("png", "both"):
-                    png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
-                    atomic_write_bytes(base.with_suffix(".png"), png)
-                    written += 1
-                if fmt in ("npy", "both"):
-                    atomic_write_bytes(base.with_suffix(".npy"), _npy_bytes(item.maps.numpy()))
-                    written += 1
-    _info(ctx, f"wrote {written} file(s) to {out_dir}")
+                name = f"{result.stem}_{item.method}"
+                if item.target is not None:
+                    name += f"_t{item.target}"
+                for suffix in {"png": (".png",), "npy": (".npy",)}.get(fmt, (".png", ".npy")):
+                    path = out_dir / (name + suffix)
+                    if path in written:  # output_stems rules this out: refuse, never overwrite
+                        raise RuntimeError(f"two maps of this run would be written to {path}")
+                    if suffix == ".png":
+                        data = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
+                    else:
+                        data = _npy_bytes(item.maps.numpy())
+                    atomic_write_bytes(path, data)
+                    written.add(path)
+    _info(ctx, f"wrote {len(written)} file(s) to {out_dir}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1252,7 +1367,11 @@ def run(
 @click.argument("query", nargs=-1, required=True)
 @_common_options
 def classes(query: tuple[str, ...]) -> None:
-    """List the ImageNet classes whose name contains QUERY, with their indices."""
+    """List the ImageNet classes whose name contains QUERY, with their indices.
+
+    Names holding QUERY as whole words come first; names holding it only inside a word
+    ('owl' in 'bowl') follow under their own heading.
+    """
     from .utils import ImageNetIndex
 
     text = " ".join(query)
@@ -1260,11 +1379,27 @@ def classes(query: tuple[str, ...]) -> None:
     if re.fullmatch(r"\d+", text.strip()):
         click.echo(f"{int(text):>4}  {index[int(text)]}")
         return
-    found = index.search(text)
-    if not found:
+    whole, inside = class_matches(text)
+    if not whole and not inside:
         index[text]  # raises ClassNameError with the closest names
-    for i, name in found:
+    for i, name in whole:
         click.echo(f"{i:>4}  {name}")
+    if whole and inside:
+        click.echo(f"also containing {text.strip()!r} inside a word:")
+    for i, name in inside:
+        click.echo(f"{i:>4}  {name}")
+
+
+def class_matches(query: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """ImageNet classes for ``flashtorch classes``: ``(whole-word matches, substring matches)``.
+
+    The first list holds the exact name and the names holding ``query`` as whole words (by
+    index); the second the names holding it only inside a word.
+    """
+    from .utils.imagenet import ImageNetIndex, _normalize
+
+    exact, words, substring = ImageNetIndex._tiers(_normalize(query))
+    return exact + words, substring
 
 
 @cli.command(short_help="The model's layers (name, type, output shape, map layout).")
@@ -1295,14 +1430,11 @@ def layers(model_spec: str, device: str, trust_pickle: bool, size: int | None) -
 @_common_options
 def methods() -> None:
     """List the registered attribution methods (the choices of --method)."""
-    from . import METHODS
+    from ._method_index import METHOD_INDEX  # static: no torch import (a test keeps it true)
 
-    register_methods()
-    width = max((len(n) for n in METHODS), default=6)
-    for name, cls in METHODS.items():
-        doc = (inspect.getdoc(cls) or "").splitlines()
-        summary = doc[0] if doc else ""
-        flag = " [layer]" if getattr(cls, "needs_layer", False) else ""
+    width = max((len(n) for n, _, _ in METHOD_INDEX), default=6)
+    for name, summary, needs_layer in METHOD_INDEX:
+        flag = " [layer]" if needs_layer else ""
         click.echo(f"{name:<{width}}  {summary}{flag}")
 
 

@@ -1,22 +1,53 @@
 """The talk's helpers: ``load_image``, ``apply_transforms``, ``denormalize``, ``visualize``...
 
-``visualize`` draws with matplotlib, imported only when it is called.
+``visualize`` draws with matplotlib, imported only when it is called; the image helpers
+(torch) are imported on first use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .image import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    apply_transforms,
-    denormalize,
-    format_for_plotting,
-    load_image,
-    standardize_and_clip,
-)
 from .imagenet import ImageNetIndex
+
+if TYPE_CHECKING:
+    from .image import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        apply_transforms,
+        denormalize,
+        format_for_plotting,
+        load_image,
+        standardize_and_clip,
+    )
+
+#: The image helpers (they need torch), imported on first use so that ``ImageNetIndex``
+#: (``flashtorch classes``) does not import torch.
+_IMAGE_NAMES = frozenset(
+    {
+        "IMAGENET_MEAN",
+        "IMAGENET_STD",
+        "apply_transforms",
+        "denormalize",
+        "format_for_plotting",
+        "load_image",
+        "standardize_and_clip",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The image helpers, imported from :mod:`flashtorch.utils.image` on first use."""
+    if name in _IMAGE_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.image"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def visualize(*args: Any, **kwargs: Any) -> Any:
