@@ -107,6 +107,7 @@ the layer, and one backward pass to it. :attr:`CAMMethod.layer_name` and
 from __future__ import annotations
 
 import abc
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -117,6 +118,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._guards import model_input
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
 from .._targets import Target, detach_output, explained_output, prepare_target, resolve
 from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
@@ -201,9 +203,12 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> tuple[str, bo
     skip = attention_internals(model)
     calls: dict[nn.Module, int] = {}
     found: list[tuple[str, nn.Module, Tensor, TokenLayout]] = []
+    owner = threading.get_ident()
 
     def hook_for(name: str) -> Any:
         def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass (flashtorch._surgery, threads)
             calls[module] = calls.get(module, 0) + 1
             if calls[module] > 1 or id(module) in skip or isinstance(module, _POOLS):
                 return None
@@ -230,7 +235,7 @@ def _discover(model: nn.Module, inputs: Tensor, target: Target) -> tuple[str, bo
             for name, module in model.named_modules():
                 if name:
                     handles.append(module.register_forward_hook(hook_for(name)))
-            output = model(inputs)
+            output = model(model_input(inputs))  # a copy: the model may edit its input
             handles.remove()
             usable = [c for c in found if calls[c[1]] == 1]
             scores = resolve(target, output).scores
@@ -343,6 +348,8 @@ class Capture:
         indices: ``(B,)`` target classes or ``None`` for a callable target.
         layer: dotted name of the layer used.
         layout: how the layer's output was read (``None`` with ``reshape=``).
+        model: the network the capture ran on (the model, or its ``fast=True`` copy), for
+            methods that run it again (Score-CAM).
     """
 
     inputs: Tensor
@@ -353,6 +360,7 @@ class Capture:
     indices: Tensor | None
     layer: str
     layout: TokenLayout | None = None
+    model: nn.Module | None = None
 
     @property
     def grad(self) -> Tensor:
@@ -486,29 +494,30 @@ class CAMMethod(AttributionMethod):
 
     # -- capture -------------------------------------------------------------------------------
 
-    def capture(self, inputs: Tensor, target: Target) -> Capture:
-        """Run the model once, recording the layer's activation (and gradient if needed).
+    def capture(self, net: nn.Module, inputs: Tensor, target: Target) -> Capture:
+        """Run ``net`` once, recording the layer's activation (and gradient if needed).
 
         With ``layer=None`` and no remembered default for this model and input shape, the
         default is found first (:func:`default_layer`'s pass). Call inside the guarded state
         (:meth:`compute` is); ``inputs`` on the model's device.
         """
         grad = self.uses_gradients
-        layer = self.layer if self.layer is not None else _default_name(
-            self.model, inputs, target)
+        layer = self.layer if self.layer is not None else _default_name(net, inputs, target)
         with torch.enable_grad() if grad else torch.no_grad():
-            with LayerRecorder(self.model, layer, self.call, leaf=True,
+            with LayerRecorder(net, layer, self.call, leaf=True,
                                start_grad=grad) as recorder:
-                output = self.model(inputs)
+                output = net(model_input(inputs))  # a copy: the model may edit its input
             activation = recorder.output
-            layout = self._layout(recorder.name, activation, inputs)
+            layout = self._layout(net, recorder.name, activation, inputs)
             scores, indices = _resolve_scores(target, output)
             gradient = _gradient(scores, activation, recorder.name) if grad else None
         return self._packed(
-            inputs, activation, gradient, output, scores, indices, recorder.name, layout
+            net, inputs, activation, gradient, output, scores, indices, recorder.name, layout
         )
 
-    def _layout(self, name: str, output: Any, inputs: Tensor) -> TokenLayout | None:
+    def _layout(
+        self, net: nn.Module, name: str, output: Any, inputs: Tensor
+    ) -> TokenLayout | None:
         """How the layer's output reads as a map (``None`` with ``reshape=``); or LayerError."""
         if self.reshape is not None:
             return None
@@ -517,8 +526,7 @@ class CAMMethod(AttributionMethod):
                 f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another "
                 "layer or pass reshape="
             )
-        model = self.model
-        return infer_layout(output, inputs.shape[0], lambda: token_info(model),
+        return infer_layout(output, inputs.shape[0], lambda: token_info(net),
                             (inputs.shape[-2], inputs.shape[-1]), name, convention=True)
 
     def _as_map(self, t: Tensor, layout: TokenLayout | None, name: str) -> Tensor:
@@ -529,6 +537,7 @@ class CAMMethod(AttributionMethod):
 
     def _packed(
         self,
+        net: nn.Module,
         inputs: Tensor,
         activation: Tensor,
         gradient: Tensor | None,
@@ -546,7 +555,7 @@ class CAMMethod(AttributionMethod):
         grad = None if gradient is None else self._as_map(gradient.detach(), layout, name).to(dtype)
         if grad is not None and self.layer is not None and layout is not None \
                 and layout.kind == "tokens":
-            self._warn_if_blind(grad, gradient, layout, name, inputs)
+            self._warn_if_blind(net, grad, gradient, layout, name, inputs)
         return Capture(
             inputs=inputs,
             activation=act,
@@ -556,10 +565,12 @@ class CAMMethod(AttributionMethod):
             indices=indices,
             layer=name,
             layout=layout,
+            model=net,
         )
 
     def _warn_if_blind(
-        self, grid_grad: Tensor, raw: Tensor, layout: TokenLayout, name: str, inputs: Tensor
+        self, net: nn.Module, grid_grad: Tensor, raw: Tensor, layout: TokenLayout, name: str,
+        inputs: Tensor,
     ) -> None:
         """Warn when no patch token of a token layer receives gradient (reads a device value)."""
         if not syncs_allowed() or bool(grid_grad.ne(0).any()):
@@ -570,7 +581,7 @@ class CAMMethod(AttributionMethod):
             if reads_prefix else "the target score does not depend on it"
         )
         try:
-            hint = f"; the default layer {_default_name(self.model, inputs, None)!r} works"
+            hint = f"; the default layer {_default_name(net, inputs, None)!r} works"
         except LayerError:  # pragma: no cover - nothing better to suggest
             hint = ""
         warnings.warn(
@@ -595,9 +606,9 @@ class CAMMethod(AttributionMethod):
     def cam(self, capture: Capture, target: Target) -> tuple[Tensor, dict[str, Tensor]]:
         """The coarse ``(B, 1, h, w)`` map and extras (e.g. channel weights) for a capture."""
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """Capture the layer, combine it into a coarse map, post-process."""
-        cap = self.capture(inputs, target)
+        cap = self.capture(net, inputs, target)
         coarse, extras = self.cam(cap, target)
         maps = self.finish(coarse, (inputs.shape[-2], inputs.shape[-1]))
         return MethodOutput(maps, cap.output, cap.indices, cap.scores, extras)
