@@ -22,7 +22,7 @@ from . import saliency  # noqa: E402,F401
 
 # isort: split
 from . import activmax, attention, cam, metrics  # noqa: E402,F401
-from ._fast import clear_fast_cache  # noqa: E402
+from ._fast import clear_fast_cache, fold_batchnorm  # noqa: E402
 from ._graphs import GraphedMethod, graphed  # noqa: E402
 from .api import attribute  # noqa: E402
 from .attribution import (  # noqa: E402
@@ -50,6 +50,7 @@ __all__ = [
     "attribute",
     "available_methods",
     "clear_fast_cache",
+    "fold_batchnorm",
     "get_method",
     "graphed",
     "reduce_channels",
