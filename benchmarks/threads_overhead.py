@@ -76,7 +76,7 @@ def _overheads(name: str, model: torch.nn.Module, x: torch.Tensor, rounds: int, 
     rows = {}
     for method in ("gradient", "guided", "gradcam"):
         call = METHODS[method](model)
-        fn = lambda: call(x, 1)  # noqa: E731
+        fn = lambda call=call: call(x, 1)  # noqa: E731
         full, no_lock, no_copy = [], [], []
         for _ in range(rounds):
             full.append(_per_call(fn, n))
@@ -120,21 +120,25 @@ def _throughput(calls: int) -> None:
             ga(x, 1)
 
     def threads(methods):
-        ts = [threading.Thread(target=lambda m=m: [m(x, 1) for _ in range(calls)])
-              for m in methods]
+        ts = [threading.Thread(target=lambda m=m: [m(x, 1) for _ in range(calls)]) for m in methods]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
 
-    results = {"serial, one model": [], "2 threads, one model (locked)": [],
-               "2 threads, two models (parallel)": []}
+    results = {
+        "serial, one model": [],
+        "2 threads, one model (locked)": [],
+        "2 threads, two models (parallel)": [],
+    }
     for _ in range(5):
         results["serial, one model"].append(wall(serial))
         results["2 threads, one model (locked)"].append(wall(lambda: threads([ga, ga])))
         results["2 threads, two models (parallel)"].append(wall(lambda: threads([ga, gb])))
-    print(f"\n### Throughput: {2 * calls} `gradient` calls, CleanupNet batch 4, 32 px "
-          "(wall clock, median of 5)\n")
+    print(
+        f"\n### Throughput: {2 * calls} `gradient` calls, CleanupNet batch 4, 32 px "
+        "(wall clock, median of 5)\n"
+    )
     print("| how | calls / s |")
     print("|---|---:|")
     for how, times in results.items():
@@ -147,13 +151,25 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, one torch thread, process CPU time, median of "
-          f"{args.rounds} rounds")
+    print(
+        f"torch {torch.__version__}, one torch thread, process CPU time, median of "
+        f"{args.rounds} rounds"
+    )
     torch.manual_seed(0)
-    _overheads("CleanupNet, batch 1, 16 x 16", CleanupNet().eval(),
-               torch.randn(1, 3, 16, 16), args.rounds, args.calls)
-    _overheads("resnet18, batch 1, 64 x 64", torchvision.models.resnet18().eval(),
-               torch.randn(1, 3, 64, 64), args.rounds, max(args.calls // 10, 5))
+    _overheads(
+        "CleanupNet, batch 1, 16 x 16",
+        CleanupNet().eval(),
+        torch.randn(1, 3, 16, 16),
+        args.rounds,
+        args.calls,
+    )
+    _overheads(
+        "resnet18, batch 1, 64 x 64",
+        torchvision.models.resnet18().eval(),
+        torch.randn(1, 3, 64, 64),
+        args.rounds,
+        max(args.calls // 10, 5),
+    )
     _throughput(args.calls)
 
 
