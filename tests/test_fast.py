@@ -128,8 +128,23 @@ def _new_storage(m):
     m.double().float()
 
 
+def _optimizer_step(m):
+    m[0].weight.grad = torch.ones_like(m[0].weight)
+    torch.optim.SGD(m.parameters(), lr=0.1).step()  # in place: the version counter moves
+
+
+def _load_state_dict(m):
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+    m.load_state_dict(state)
+
+
+def _assign_data(m):
+    m[0].weight.data = m[0].weight.data * 2  # new storage behind the same parameter
+
+
 @pytest.mark.parametrize("change", [_replace_param, _replace_layer, _add_layer, _drop_buffer,
-                                    _swap_param_dict, _in_place, _new_storage])
+                                    _swap_param_dict, _in_place, _new_storage, _optimizer_step,
+                                    _load_state_dict, _assign_data])
 def test_every_kind_of_model_change_rebuilds_the_copy(change):
     model = _with_bn()
     views = FastViews()

@@ -487,7 +487,8 @@ class CAMMethod(AttributionMethod):
         self.interpolation = interpolation
         #: ``t -> (B, C, h, w)`` applied to the layer's output and gradient, or ``None``.
         self.reshape = reshape
-        #: dotted name of the layer used by the last call (``None`` before the first call).
+        #: dotted name of the layer used by the last call (``None`` before the first call): a
+        #: record that each call writes and none reads (with threads, the latest call's).
         self.layer_name: str | None = None
         #: how the last call read that layer's output (``None`` with ``reshape=``).
         self.layer_layout: TokenLayout | None = None
