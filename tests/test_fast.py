@@ -245,14 +245,19 @@ def test_clear_fast_cache_after_an_update_through_data(tiny_cnn):
 # --- flashtorch.fold_batchnorm: the folded copy as an object of one's own ----------------------
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow),
+                                  "sequential"])
 def test_public_fold_batchnorm_traces_without_an_example(name):
     import flashtorch
 
     torch.manual_seed(0)
-    model = _randomise_bn(_models()[name])
+    if name == "resnet18":
+        model = pytest.importorskip("torchvision").models.resnet18(weights=None)
+        x = torch.randn(2, 3, 32, 32)
+    else:
+        model, x = _with_bn(), torch.randn(2, 3, 8, 8)
+    model = _randomise_bn(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(2, 3, 64, 64)
     traced = flashtorch.fold_batchnorm(model)  # torch.fx finds the pairs
     by_run = flashtorch.fold_batchnorm(model, example=x)
     for net in (traced, by_run):
@@ -264,6 +269,25 @@ def test_public_fold_batchnorm_traces_without_an_example(name):
         assert (a - b).abs().max() / a.abs().max() < 1e-4
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_public_fold_batchnorm_leaves_a_conv_output_used_twice_unfolded():
+    import flashtorch
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (self.bn(y) + y).mean((2, 3))  # the raw conv output is used again
+
+    model = _randomise_bn(Branchy())
+    x = torch.randn(2, 3, 8, 8)
+    for net in (flashtorch.fold_batchnorm(model), flashtorch.fold_batchnorm(model, x)):
+        assert isinstance(net.bn, nn.BatchNorm2d)
+        torch.testing.assert_close(net(x), model(x))
 
 
 def test_public_fold_batchnorm_is_a_snapshot_and_needs_an_example_where_fx_fails():
