@@ -189,3 +189,62 @@ def test_transformer_raising_module_restores_everything(name, kind, fused_defaul
         attribute(model, x, target=1, method=name, **FAST_OPTIONS.get(name, {}))
     _assert_same(model, snap)
     _check_input(x, before_x)
+
+
+# --- models that edit their input in place; eval_mode=False and BatchNorm statistics ---------
+
+CNN = [n for n in ALL if n not in ATTENTION]
+
+
+class InPlaceNet(torch.nn.Module):
+    """CleanupNet behind a first op that edits the input in place (``inplace=False``: the same
+    function on a new tensor, the reference)."""
+
+    def __init__(self, inplace: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inner = CleanupNet().eval()
+        self.inplace = inplace
+
+    def forward(self, x):
+        x = x.mul_(2).relu_() if self.inplace else (x * 2).relu()
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", CNN)
+def test_a_model_that_edits_its_input_leaves_the_callers_tensor_alone(name):
+    options = FAST_OPTIONS.get(name, {})
+    x = _input()
+    before_x = x.detach().clone()
+    result = attribute(InPlaceNet(), x, target=[1, 2], method=name, **options)
+    _check_input(x, before_x)
+    # the maps of what the model computes from its input: the same as the out-of-place model's
+    expected = attribute(
+        InPlaceNet(inplace=False), before_x.clone(), target=[1, 2], method=name, **options
+    )
+    torch.testing.assert_close(result.maps, expected.maps)
+    with pytest.raises(TargetError):  # also when the call then raises
+        attribute(InPlaceNet(), x, target=99, method=name, **options)
+    _check_input(x, before_x)
+    plain = before_x.clone()  # a tensor that does not require grad
+    attribute(InPlaceNet(), plain, target=[1, 2], method=name, **options)
+    assert torch.equal(plain, before_x)
+
+
+@pytest.mark.parametrize("name", CNN)
+def test_eval_mode_false_restores_batchnorm_statistics(name):
+    import warnings
+
+    model, x = _prepared_model(), _input()
+    bn = model.features[1]
+    bn.train()  # a training-mode forward updates its running statistics
+    buffers = [bn.running_mean, bn.running_var, bn.num_batches_tracked]
+    snap = _snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the active-dropout warning
+        attribute(
+            model, x, target=[1, 2], method=name, eval_mode=False, **FAST_OPTIONS.get(name, {})
+        )
+    _assert_same(model, snap)  # running_mean, running_var, num_batches_tracked included
+    now = [bn.running_mean, bn.running_var, bn.num_batches_tracked]
+    assert all(a is b for a, b in zip(now, buffers)), "buffer objects replaced"

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashtorch import attribute
-from flashtorch._fast import FastViews, fold_batchnorm
+from flashtorch._fast import FastViews, folded_copy
 from flashtorch.errors import MethodError
 
 
@@ -38,7 +38,7 @@ def test_fold_is_exact_and_leaves_model_untouched(name):
     model = _randomise_bn(_models()[name])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 64, 64)
-    net, folded = fold_batchnorm(model, x)
+    net, folded = folded_copy(model, x)
     n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert folded == n_bn  # every BN in these nets directly follows a conv
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
@@ -65,7 +65,7 @@ def test_fold_skips_conv_output_used_twice():
 
     model = _randomise_bn(Branchy())
     x = torch.randn(2, 3, 8, 8)
-    net, folded = fold_batchnorm(model, x)
+    net, folded = folded_copy(model, x)
     assert folded == 0
     assert torch.allclose(model(x), net(x))
 
@@ -133,6 +133,20 @@ def _new_storage(m):
     m.double().float()
 
 
+def _optimizer_step(m):
+    m[0].weight.grad = torch.ones_like(m[0].weight)
+    torch.optim.SGD(m.parameters(), lr=0.1).step()  # in place: the version counter moves
+
+
+def _load_state_dict(m):
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+    m.load_state_dict(state)
+
+
+def _assign_data(m):
+    m[0].weight.data = m[0].weight.data * 2  # new storage behind the same parameter
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -143,6 +157,9 @@ def _new_storage(m):
         _swap_param_dict,
         _in_place,
         _new_storage,
+        _optimizer_step,
+        _load_state_dict,
+        _assign_data,
     ],
 )
 def test_every_kind_of_model_change_rebuilds_the_copy(change):
@@ -245,3 +262,77 @@ def test_clear_fast_cache_after_an_update_through_data(tiny_cnn):
     torch.testing.assert_close(fresh, exact, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(fresh, before)
     flashtorch.clear_fast_cache()  # every model
+
+
+# --- flashtorch.fold_batchnorm: the folded copy as an object of one's own ----------------------
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "sequential"])
+def test_public_fold_batchnorm_traces_without_an_example(name):
+    import flashtorch
+
+    torch.manual_seed(0)
+    if name == "resnet18":
+        model = pytest.importorskip("torchvision").models.resnet18(weights=None)
+        x = torch.randn(2, 3, 32, 32)
+    else:
+        model, x = _with_bn(), torch.randn(2, 3, 8, 8)
+    model = _randomise_bn(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    traced = flashtorch.fold_batchnorm(model)  # torch.fx finds the pairs
+    by_run = flashtorch.fold_batchnorm(model, example=x)
+    for net in (traced, by_run):
+        assert isinstance(net, nn.Module) and net is not model and not net.training
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+        with torch.no_grad():
+            a, b = model(x), net(x)
+        assert (a - b).abs().max() / a.abs().max() < 1e-4
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_public_fold_batchnorm_leaves_a_conv_output_used_twice_unfolded():
+    import flashtorch
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (self.bn(y) + y).mean((2, 3))  # the raw conv output is used again
+
+    model = _randomise_bn(Branchy())
+    x = torch.randn(2, 3, 8, 8)
+    for net in (flashtorch.fold_batchnorm(model), flashtorch.fold_batchnorm(model, x)):
+        assert isinstance(net.bn, nn.BatchNorm2d)
+        torch.testing.assert_close(net(x), model(x))
+
+
+def test_public_fold_batchnorm_is_a_snapshot_and_needs_an_example_where_fx_fails():
+    import flashtorch
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                x = -x
+            return self.bn(self.conv(x)).mean((2, 3))
+
+    model = _randomise_bn(DataDependent())
+    with pytest.raises(MethodError, match="example=x"):
+        flashtorch.fold_batchnorm(model)
+    x = torch.randn(2, 3, 8, 8)
+    net = flashtorch.fold_batchnorm(model, example=x)
+    assert isinstance(net.bn, nn.Identity)
+    torch.testing.assert_close(net(x), model(x), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        model.conv.weight.mul_(2)  # the copy is a snapshot: it does not follow the model
+    assert not torch.allclose(net(x), model(x))
+    with pytest.raises(MethodError, match="torch.nn.Module"):
+        flashtorch.fold_batchnorm("resnet18")

@@ -70,13 +70,13 @@ class Env:
     """Per-model state shared by the cases: the model, its frozen / folded copies, peers."""
 
     def __init__(self, spec: ModelSpec, cfg: Config, device: torch.device) -> None:
-        from flashtorch._fast import fast_channels_last, fold_batchnorm
+        from flashtorch._fast import fast_channels_last, folded_copy
 
         self.spec, self.cfg, self.device = spec, cfg, device
         self.model = spec.model  # parameters keep requires_grad=True, as a user's model does
         self.frozen = frozen_copy(spec.model)
         example = torch.zeros(1, 3, spec.size, spec.size, device=device)
-        self.folded, self.n_folded = fold_batchnorm(spec.model, example)
+        self.folded, self.n_folded = folded_copy(spec.model, example)
         # the floor of fast=True: the folded copy in the layout flashtorch picks on this device
         cl = fast_channels_last(example)
         self.fast_format = torch.channels_last if cl else torch.contiguous_format

@@ -26,7 +26,7 @@ __version__ = "1.0.0"
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from . import activmax, attention, cam, metrics, saliency
-    from ._fast import clear_fast_cache
+    from ._fast import clear_fast_cache, fold_batchnorm
     from ._graphs import GraphedMethod, graphed
     from .api import attribute
     from .attribution import (
@@ -55,6 +55,7 @@ __all__ = [
     "attribute",
     "available_methods",
     "clear_fast_cache",
+    "fold_batchnorm",
     "get_method",
     "graphed",
     "reduce_channels",
@@ -79,6 +80,7 @@ _LAZY: dict[str, str | None] = {
     "GraphedMethod": "_graphs",
     "graphed": "_graphs",
     "clear_fast_cache": "_fast",
+    "fold_batchnorm": "_fast",
     "attribute": "api",
     "run": "runs",  # zarr and pyarrow are needed only when a run starts
     "open_run": "runs",

@@ -9,23 +9,38 @@ Integer-Arithmetic-Only Inference", section 3.2):
     b' = (b - \mu) \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} + \beta
 
 The rewrite happens on a **copy** of the user's model (the user's model is never modified),
-optionally converted to ``channels_last``. The copy is cached per model in a weak dictionary and
-rebuilt when the model changes (:class:`ModelState`): an in-place update moves a version
-counter (an optimiser step, ``load_state_dict``, ``p.mul_()`` under ``no_grad``), ``.to()`` or
-``.half()`` gives new storage, a replaced layer or parameter is a new object, and a layer
-added, removed or swapped changes the module tree even without parameters (a ReLU replaced by
-a GELU) - so training or editing the model between calls is safe. The one change it cannot
-see is an in-place update through ``p.data`` (``p.data.mul_(0.9)``: ``.data`` has its own
-version counter); after such updates call :func:`clear_fast_cache`.
+optionally converted to ``channels_last``. Two ways to get one:
 
-Pairs are found by running the copy once: a convolution is folded only when its output feeds a
-batch-norm call and nothing else (checked by counting every tensor-producing use of that output
-with a ``TorchFunctionMode``), and both modules run exactly once. Anything else is left as is.
+* :func:`fold_batchnorm` (``flashtorch.fold_batchnorm``) returns a folded copy to keep and
+  use as any model: an explicit object, a snapshot of the model when it was made (later
+  changes to the model are not seen: fold again). It costs one copy of the model's parameters
+  and buffers (the folded batch norms' are dropped).
+* ``fast=True`` on a method uses the copy that :data:`FAST_VIEWS` keeps per model: weakly
+  keyed (no copy outlives its model), at most :attr:`FastViews.per_model` copies per model
+  (one per input device, dtype and layout), so the memory cost is one copy of the parameters
+  and buffers per layout in use. Its copies are checked on every call and rebuilt when the
+  model changed (:class:`ModelState`): an in-place update moves a version counter (an
+  optimiser step, ``load_state_dict``, ``p.mul_()`` under ``no_grad``), ``.to()`` or
+  ``.half()`` gives new storage, a replaced layer or parameter is a new object, and a layer
+  added, removed or swapped changes the module tree even without parameters (a ReLU replaced
+  by a GELU) - so training or editing the model between calls is safe. The one change it
+  cannot see is an in-place update through ``p.data`` (``p.data.mul_(0.9)``: ``.data`` has its
+  own version counter, and reading every weight on every call to compare values would cost
+  as much as a forward pass of a small batch); after such updates call
+  :func:`clear_fast_cache`. The cache is safe to use from several threads (each model's
+  entries are built and checked under :func:`~flashtorch._surgery.model_lock`).
+
+Pairs are found by running the copy once on an example input: a convolution is folded only
+when its output feeds a batch-norm call and nothing else (checked by counting every
+tensor-producing use of that output with a ``TorchFunctionMode``), and both modules run exactly
+once. Without an example, :func:`fold_batchnorm` reads the same from a ``torch.fx`` symbolic
+trace. Anything else is left as is.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
 from typing import Any
 
@@ -33,7 +48,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._surgery import HandleList
+from ._surgery import HandleList, model_lock
+from .errors import MethodError
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -85,20 +101,18 @@ def _fold(conv: Any, bn: Any) -> None:
             conv.bias.copy_(conv.bias * scale + shift)
 
 
-def fold_batchnorm(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
-    """Return an eval-mode copy of ``model`` with every foldable conv -> BN pair folded.
-
-    Args:
-        model: the user's model (not modified).
-        example: an input batch (one sample is enough) used to trace which BN follows which conv.
-
-    Returns:
-        ``(copy, number_of_folded_pairs)``.
-    """
-    net = copy.deepcopy(model).eval()
+def _copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with frozen parameters (taken under the model's lock)."""
+    with model_lock(model):
+        net = copy.deepcopy(model)
+    net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    names = {m: n for n, m in net.named_modules()}
+    return net
+
+
+def _run_pairs(net: nn.Module, example: Tensor) -> list[tuple[nn.Module, nn.Module]]:
+    """The foldable (conv, bn) pairs of ``net``, found by running it once on ``example``."""
     conv_out: dict[int, tuple[nn.Module, Tensor]] = {}
     bn_in: list[tuple[nn.Module, Tensor]] = []
     calls: dict[nn.Module, int] = {}
@@ -127,15 +141,58 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
     finally:
         handles.remove()
 
-    folded = 0
+    pairs: list[tuple[nn.Module, nn.Module]] = []
     for bn_module, tensor in bn_in:
-        bn: Any = bn_module
         pair = conv_out.get(id(tensor))
         if pair is None or pair[1] is not tensor:
             continue
-        conv: Any = pair[0]
-        if calls.get(conv) != 1 or calls.get(bn) != 1 or uses.get(id(tensor)) != 1:
+        conv = pair[0]
+        if calls.get(conv) != 1 or calls.get(bn_module) != 1 or uses.get(id(tensor)) != 1:
             continue
+        pairs.append((conv, bn_module))
+    return pairs
+
+
+def _traced_pairs(net: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """The foldable (conv, bn) pairs of ``net`` from a ``torch.fx`` symbolic trace."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.Tracer().trace(net)
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, ...)
+        raise MethodError(
+            f"fold_batchnorm: {type(net).__name__} cannot be traced symbolically by torch.fx "
+            f"({type(exc).__name__}: {exc}); pass an example input, "
+            "fold_batchnorm(model, example=x), to find the pairs by running the model once"
+        ) from None
+    modules = dict(net.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs: list[tuple[nn.Module, nn.Module]] = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules.get(node.target)) not in _BN:
+            continue
+        src = node.args[0] if node.args else None
+        if not (
+            isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and isinstance(modules.get(src.target), _CONV)
+        ):
+            continue
+        if len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1:
+            pairs.append((modules[src.target], modules[node.target]))
+    return pairs
+
+
+def _fold_pairs(net: nn.Module, pairs: list[tuple[nn.Module, nn.Module]]) -> int:
+    """Fold every usable pair into ``net`` (the BN replaced); the number folded."""
+    names = {m: n for n, m in net.named_modules()}
+    folded = 0
+    for conv_module, bn_module in pairs:
+        conv: Any = conv_module
+        bn: Any = bn_module
         if bn.running_mean is None or bn.running_var is None:
             continue  # batch statistics even in eval mode: not an affine map
         if conv.weight.shape[0] != bn.running_mean.shape[0]:
@@ -148,7 +205,60 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
         parent = net.get_submodule(parent_name) if parent_name else net
         setattr(parent, leaf, replacement)
         folded += 1
-    return net, folded
+    return folded
+
+
+def folded_copy(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with every foldable conv -> BN pair folded, and the count.
+
+    Args:
+        model: the user's model (not modified).
+        example: an input batch (one sample is enough) used to trace which BN follows which conv.
+
+    Returns:
+        ``(copy, number_of_folded_pairs)``.
+    """
+    net = _copy(model)
+    return net, _fold_pairs(net, _run_pairs(net, example))
+
+
+def fold_batchnorm(model: nn.Module, example: Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` in eval mode with BatchNorm folded into the preceding convolutions.
+
+    The same rewrite that ``fast=True`` uses (module docstring), as an object of your own:
+    exact up to float rounding in eval mode, faster (one convolution instead of a convolution
+    and a normalisation), and independent of ``model`` (a snapshot: later changes to ``model``
+    are not seen, fold again after them). The user's model is never modified.
+
+    Memory: one copy of the model's parameters and buffers (the folded batch norms' dropped).
+
+    Args:
+        model: any ``nn.Module``.
+        example: an input batch (one sample is used) to find which batch norm follows which
+            convolution by running the copy once; ``None`` reads it from a ``torch.fx``
+            symbolic trace instead (models with data-dependent control flow need ``example``).
+
+    Returns:
+        The folded copy, in eval mode, its parameters frozen (``requires_grad=False``).
+
+    Raises:
+        MethodError: ``model`` is not a module, or ``example=None`` and ``torch.fx`` cannot
+            trace it.
+
+    Example:
+        >>> import torch, torchvision, flashtorch
+        >>> model = torchvision.models.resnet18().eval()
+        >>> folded = flashtorch.fold_batchnorm(model)
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> torch.allclose(model(x), folded(x), atol=1e-4)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise MethodError(f"fold_batchnorm needs a torch.nn.Module, got {type(model).__name__}")
+    net = _copy(model)
+    pairs = _traced_pairs(net) if example is None else _run_pairs(net, example)
+    _fold_pairs(net, pairs)
+    return net
 
 
 class ModelState:
@@ -259,16 +369,22 @@ class FastViews:
     per_model = 4
 
     def __init__(self) -> None:
+        self._guard = threading.Lock()
         self._cache: weakref.WeakKeyDictionary[
             nn.Module, dict[tuple, tuple[ModelState, nn.Module, int]]
         ] = weakref.WeakKeyDictionary()
 
     def get(self, model: nn.Module, example: Tensor, channels_last: bool) -> nn.Module:
         """The folded (optionally channels-last) copy of ``model`` for inputs like ``example``."""
+        with model_lock(model):
+            return self._get(model, example, channels_last)
+
+    def _get(self, model: nn.Module, example: Tensor, channels_last: bool) -> nn.Module:
         slot = (example.device, example.dtype, channels_last)
         entries = self._cache.get(model)
         if entries is None:
-            entries = self._cache[model] = {}
+            with self._guard:  # the weak dictionary itself is shared by every model
+                entries = self._cache.setdefault(model, {})
         hit = entries.get(slot)
         if hit is not None and hit[0].matches(model):
             return hit[1]
@@ -276,7 +392,7 @@ class FastViews:
         for other in [s for s, (state, _, _) in entries.items() if not state.matches(model)]:
             del entries[other]
         state = ModelState(model)
-        net, count = fold_batchnorm(model, example)
+        net, count = folded_copy(model, example)
         if channels_last and example.dim() == 4:
             net = net.to(memory_format=torch.channels_last)
         entries[slot] = (state, net, count)
@@ -286,10 +402,11 @@ class FastViews:
 
     def forget(self, model: nn.Module | None = None) -> None:
         """Drop the cached copies of ``model`` (of every model when ``None``)."""
-        if model is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(model, None)
+        with self._guard:
+            if model is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(model, None)
 
     def copies(self, model: nn.Module) -> int:
         """How many folded copies of ``model`` are cached."""
@@ -322,4 +439,5 @@ __all__ = [
     "clear_fast_cache",
     "fast_channels_last",
     "fold_batchnorm",
+    "folded_copy",
 ]

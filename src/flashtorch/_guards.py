@@ -22,6 +22,11 @@ call (a method that runs inside another's call, as SmoothGrad's base does, adds 
   copied first; a model whose own tensors are inference tensors (built or run for the first
   time under inference mode and caching tensors, say) gets an :class:`~flashtorch.errors.InputError`
   that says what to do instead of autograd's error.
+* **Models that edit their input.** The caller's tensor never reaches the model: a call works
+  on its own copy where it would otherwise share the caller's memory (:func:`own_copy`), and
+  the methods feed the model a copy of any tensor they use again (:func:`model_input`), so
+  ``x.mul_(2)`` or an in-place ReLU as the model's first op gives the maps of what the model
+  computes from its input (for the gradient methods, instead of autograd's in-place error).
 """
 
 from __future__ import annotations
@@ -197,6 +202,36 @@ def usable_input(x: Tensor) -> Tensor:
     return x.clone() if x.is_inference() else x
 
 
+def own_copy(x: Tensor, caller: Tensor) -> Tensor:
+    """``x``, or a copy of it where it shares memory with the caller's tensor ``caller``.
+
+    A model may edit its input in place (``x.mul_(...)``, ``F.relu(x, inplace=True)`` as its
+    first op): the tensor it gets must be flashtorch's own, never the caller's. ``x`` is often
+    a new tensor already (cast, moved to the model's device); a copy is made only where it
+    is not.
+    """
+    if (
+        x.device == caller.device
+        and x.numel()
+        and (x.untyped_storage().data_ptr() == caller.untyped_storage().data_ptr())
+    ):
+        return x.clone()
+    return x
+
+
+def model_input(x: Tensor) -> Tensor:
+    """What a method feeds the model when it uses ``x`` again afterwards: a copy of ``x``.
+
+    A model that edits its input in place then edits the copy: ``x`` keeps its values for the
+    method's next steps (the noisy copies, the occluded copies, the masked inputs, the input
+    gradient of Guided Grad-CAM), and a leaf ``x`` that requires grad is not refused by
+    autograd (in-place operation on a leaf); the gradient with respect to ``x`` goes through
+    one clone node and is that of what the model computes from its input. The copy costs one
+    pass over the batch, small against a forward pass.
+    """
+    return x.clone()
+
+
 def is_inference_tensor_error(exc: BaseException) -> bool:
     """Whether ``exc`` is autograd refusing an inference tensor."""
     return isinstance(exc, RuntimeError) and "nference tensor" in str(exc)
@@ -267,7 +302,9 @@ __all__ = [
     "is_inference_tensor_error",
     "leave_inference_mode",
     "maps_checkable",
+    "model_input",
     "outermost_call",
+    "own_copy",
     "usable_input",
     "warn_dropout",
 ]

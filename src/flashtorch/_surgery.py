@@ -4,7 +4,10 @@ Three tools, each undone in ``finally``:
 
 * :func:`preserved_state` - records every module's ``training`` flag and every parameter's
   ``requires_grad`` and ``.grad``, optionally switches to eval mode and freezes parameters for the
-  duration of a call (so the backward pass reaches the input only), and puts all of it back.
+  duration of a call (so the backward pass reaches the input only), and puts all of it back;
+  outside eval mode it also puts back the running statistics of every normalisation layer in
+  training mode (``running_mean``, ``running_var``, ``num_batches_tracked``), which a training
+  forward pass updates.
 * :class:`RectifierRule` - hooks on the autograd graph of one call that replace the backward pass
   of every rectifier the model *actually ran* (``nn.ReLU`` reused or in place, ``F.relu``,
   ``torch.relu_``, ``Tensor.relu``, ``nn.ReLU6``/``F.relu6``, ``F.hardtanh``, ``clamp(min=0)``,
@@ -14,6 +17,26 @@ Three tools, each undone in ``finally``:
   :mod:`flashtorch._autograd_compat`.
 * :class:`LayerRecorder` - forward hooks that capture a layer's output (and count its calls, so a
   module run twice in one forward is detected rather than silently taking the first call).
+
+Threads
+-------
+A model is shared state: the flags a call switches, the parameters it freezes, the hooks it
+adds are seen by every thread that runs the model. :func:`preserved_state` therefore holds a
+per-model re-entrant lock (:func:`model_lock`, keyed weakly by the model: no lock outlives its
+model) for the whole guarded region, and :class:`~flashtorch.attribution.AttributionMethod`
+holds it for the whole call, ``fast=True`` included. Calls on one model from several threads
+run one after another and each sees and restores exactly the state the model had before it;
+calls on different models run in parallel. The alternative - never mutating the model
+(reference-counted shared state, no freezing) - was not taken: the lock costs a few
+microseconds a call (``benchmarks/results/cpu-threads.md``), and one model's calls gain little
+from running at the same time (they compete for the same cores, or the same GPU stream).
+Hooks are also call-local: a hook that :class:`LayerRecorder` (and the CAMs' layer search)
+registers ignores forward passes run by other threads (the user's own code running the model
+meanwhile, or a second model that shares modules with this one, which has its own lock).
+Limits: two *different* models that share submodules are locked separately, so their
+train/eval flags and ``requires_grad`` may still interleave when both are explained from two
+threads at once; code that runs the model outside flashtorch during a call sees the call's
+eval mode and frozen parameters.
 """
 
 from __future__ import annotations
@@ -21,7 +44,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -114,6 +139,40 @@ def walk(model: nn.Module, params: bool = True) -> tuple[list[nn.Module], list[n
     return modules, found
 
 
+#: one re-entrant lock per model (weak keys: a lock dies with its model)
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises flashtorch's guarded calls on ``model``.
+
+    Held by :func:`preserved_state` and by every attribution call; a thread that already holds
+    it (a method called inside another's call) takes it again without waiting.
+    """
+    lock = _LOCKS.get(model)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+    return lock
+
+
+_NORMS = nn.modules.batchnorm._NormBase  # BatchNorm*, SyncBatchNorm, InstanceNorm* (and timm's)
+
+
+def _running_stats(modules: list[nn.Module]) -> list[tuple[dict, str, Tensor, Tensor]]:
+    """Copies of the running statistics a training-mode forward pass would update."""
+    saved: list[tuple[dict, str, Tensor, Tensor]] = []
+    for m in modules:
+        if m.training and isinstance(m, _NORMS) and m.track_running_stats:
+            for name, buf in m._buffers.items():
+                if buf is not None:
+                    saved.append((m._buffers, name, buf, buf.detach().clone()))
+    return saved
+
+
 @contextlib.contextmanager
 def preserved_state(
     model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
@@ -130,33 +189,43 @@ def preserved_state(
         The same model.
 
     On exit - normal or by exception - each module's ``training`` flag and each parameter's
-    ``requires_grad`` and ``.grad`` object are put back exactly as they were. Only what differs
-    is touched (a model already in eval mode is not walked again), so the guard costs a small
-    fraction of a forward pass (more right after one, with cold caches).
-    Without ``freeze`` the parameters are neither walked nor touched (a method that runs no
-    backward pass through them needs none of it).
+    ``requires_grad`` and ``.grad`` object are put back exactly as they were; with
+    ``eval_mode=False``, the running statistics of every normalisation layer in training mode
+    are copied back too (the same tensors, their values bit for bit). The whole block holds
+    :func:`model_lock` (see the module docstring on threads). Only what differs is touched (a
+    model already in eval mode is not switched again), so the guard is cheap next to a forward
+    pass (``benchmarks/profile_call.py`` measures it). Without ``freeze`` the parameters are
+    neither walked nor touched (a method that runs no backward pass through them needs none of
+    it).
     """
-    modules, params = walk(model, params=freeze)
-    modes = [m.training for m in modules]
-    flags = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    try:
-        if eval_mode and any(modes):
-            model.eval()  # through train(False): a module's own train() override still runs
-        if freeze:
-            for p, flag in zip(params, flags):
-                if flag:
-                    p.requires_grad_(False)
-        yield model
-    finally:
-        for m, training in zip(modules, modes):
-            if m.training is not training:
-                m.training = training
-        for p, flag, grad in zip(params, flags, grads):
-            if p.requires_grad is not flag:
-                p.requires_grad_(flag)
-            if p.grad is not grad:
-                p.grad = grad
+    with model_lock(model):
+        modules, params = walk(model, params=freeze)
+        modes = [m.training for m in modules]
+        flags = [p.requires_grad for p in params]
+        grads = [p.grad for p in params]
+        stats = [] if eval_mode else _running_stats(modules)
+        try:
+            if eval_mode and any(modes):
+                model.eval()  # through train(False): a module's own train() override still runs
+            if freeze:
+                for p, flag in zip(params, flags):
+                    if flag:
+                        p.requires_grad_(False)
+            yield model
+        finally:
+            for m, training in zip(modules, modes):
+                if m.training is not training:
+                    m.training = training
+            for p, flag, grad in zip(params, flags, grads):
+                if p.requires_grad is not flag:
+                    p.requires_grad_(flag)
+                if p.grad is not grad:
+                    p.grad = grad
+            if stats:
+                with torch.no_grad():
+                    for buffers, name, buf, copy in stats:
+                        buffers[name] = buf  # the same tensor, also if the module replaced it
+                        buf.copy_(copy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +556,8 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module
 class LayerRecorder:
     """Capture the output of one layer during forward passes, counting its calls.
 
-    Use as a context manager; the hook is removed on exit, also on error. With
+    Use as a context manager; the hook is removed on exit, also on error. It records only the
+    forward passes of the thread that entered the recorder (module docstring, threads). With
     ``retain_grad=True`` the captured output keeps its gradient after a backward pass
     (``recorder.output.grad`` is *not* used: call ``torch.autograd.grad`` on :attr:`output`).
 
@@ -537,8 +607,11 @@ class LayerRecorder:
 
     def __enter__(self) -> LayerRecorder:
         selected = 0 if self.call is None else self.call
+        owner = threading.get_ident()
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass: not this call's (module docstring)
             first = output[0] if isinstance(output, (tuple, list)) else output
             if not (self.leaf and len(self.outputs) == selected and isinstance(first, Tensor)):
                 self.outputs.append(first)
@@ -628,6 +701,7 @@ __all__ = [
     "find_layer",
     "hook_count",
     "model_device",
+    "model_lock",
     "on_gpu",
     "preserved_state",
     "rectifiers_between",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import difflib
+import inspect
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from . import _guards
 from ._fast import FAST_VIEWS, fast_channels_last
 from ._outputs import explained_output
-from ._surgery import model_device, preserved_state
+from ._surgery import model_device, model_lock, preserved_state
 from ._targets import AnyTarget, ResolvedTarget, Target, resolve
 from ._validate import check_images, syncs_allowed
 from .errors import FlashTorchError, MethodError
@@ -127,7 +128,14 @@ class AttributionMethod(abc.ABC):
 
     Subclasses set :attr:`name` and implement :meth:`compute`, which runs inside
     :func:`~flashtorch._surgery.preserved_state` (eval mode, frozen parameters, all restored in
-    ``finally``) with inputs already validated and on the model's device.
+    ``finally``) with inputs already validated and on the model's device, and receives the
+    network of the call explicitly (the model, or its ``fast=True`` copy).
+
+    Re-entrant and thread-safe: a call changes nothing on the method instance (its records of
+    the last call, such as a CAM's :attr:`layer_name`, excepted), and calls on one model from
+    several threads - through one instance or several - run one after another under the
+    model's lock (:func:`~flashtorch._surgery.model_lock`), each restoring exactly the state it
+    found; see :mod:`flashtorch._surgery` for the choice and its limits.
 
     Args:
         model: any ``nn.Module`` mapping ``(B, C, H, W)`` images to ``(B, num_classes)`` scores:
@@ -215,7 +223,12 @@ class AttributionMethod(abc.ABC):
         with _guards.outermost_call() as outer, _guards.leave_inference_mode():
             watch = _guards.DropoutWatch() if outer and not self.eval_mode else None
             try:
-                with watch if watch is not None else contextlib.nullcontext():
+                # one call at a time on a model: its flags, frozen parameters, hooks and
+                # fast=True copy are shared by every thread (flashtorch._surgery, threads)
+                with (
+                    watch if watch is not None else contextlib.nullcontext(),
+                    model_lock(self.model),
+                ):
                     result = self._attribute(inputs, x, target)
             except FlashTorchError:
                 raise
@@ -242,6 +255,7 @@ class AttributionMethod(abc.ABC):
             raise _guards.meta_model_error(self.name)
         device = model_device(self.model)
         x = _guards.usable_input(x.detach().to(device, model_dtype(self.model, x.dtype)))
+        x = _guards.own_copy(x, inputs)  # a model that edits its input edits this copy
         # the target, checked and on the device, before the forward pass (_targets.py)
         target = ResolvedTarget.of(target, x.shape[0], device)
         net = self.model
@@ -272,7 +286,6 @@ class AttributionMethod(abc.ABC):
             if self.amp
             else contextlib.nullcontext()
         )
-        user_model = self.model
         # The fast copy is private to flashtorch and already in eval mode with frozen
         # parameters: no per-call guard (it walks every module and parameter, which counts
         # when a GPU call is short; benchmarks/results/docstring-figures.md).
@@ -281,13 +294,8 @@ class AttributionMethod(abc.ABC):
             if self.fast
             else preserved_state(net, eval_mode=self.eval_mode, freeze=self.freezes)
         )
-        with guard:
-            self.model = net  # compute() sees the (possibly rewritten) network
-            try:
-                with autocast:
-                    out = self.compute(x, target)
-            finally:
-                self.model = user_model
+        with guard, autocast:
+            out = self.run_compute(net, x, target)  # the network of this call, passed on
         home = inputs.device
         predicted: Tensor | None = None
         if isinstance(out.output, Tensor):  # the logits (an output without them: None)
@@ -307,9 +315,52 @@ class AttributionMethod(abc.ABC):
             extras={k: v.detach().to(home) for k, v in out.extras.items()},
         )
 
+    def run_compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
+        """:meth:`compute` on ``net``; also for a subclass written with the old signature.
+
+        A subclass whose ``compute(self, inputs, target)`` predates the explicit network reads
+        ``self.model``: it runs only where ``net`` is that model (not with ``fast=True``).
+        """
+        if not self._legacy_compute:
+            return self.compute(net, inputs, target)
+        if net is not self.model:
+            raise MethodError(
+                f"method {self.name!r} defines compute(self, inputs, target), which runs on "
+                "self.model only; define compute(self, net, inputs, target) and run on net to "
+                "use fast=True (or leave fast off)"
+            )
+        return self.compute(inputs, target)  # type: ignore[call-arg]
+
+    #: ``compute`` has the old ``(self, inputs, target)`` signature (set per subclass).
+    _legacy_compute: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        compute = cls.__dict__.get("compute")
+        if compute is not None and not getattr(compute, "__isabstractmethod__", False):
+            params = list(inspect.signature(compute).parameters)
+            cls._legacy_compute = len(params) == 3 and params[1] != "net"
+            if cls._legacy_compute:
+                warnings.warn(
+                    f"{cls.__name__}.compute(self, inputs, target) is deprecated: define "
+                    "compute(self, net, inputs, target) and run the network passed in (the "
+                    "fast=True copy, say) instead of self.model",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+
     @abc.abstractmethod
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
-        """Compute the maps for a validated batch on the model's device (state is guarded)."""
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
+        """Compute the maps for a validated batch on the model's device (state is guarded).
+
+        Args:
+            net: the network this call runs on: the method's model, or the BatchNorm-folded
+                copy with ``fast=True``. Run it, never ``self.model``: nothing on the method
+                instance changes during a call, so one instance serves several threads.
+            inputs: ``(B, C, H, W)`` on the network's device and in its dtype; flashtorch's own
+                tensor (never the caller's), which ``net`` may modify in place.
+            target: the prepared target (:mod:`flashtorch._targets`).
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"

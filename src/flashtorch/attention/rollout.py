@@ -68,6 +68,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._guards import model_input
 from .._targets import Target, resolve
 from .._tokens import token_grid, token_info
 from ..attribution import AttributionMethod, MethodOutput, register
@@ -337,14 +338,12 @@ class RolloutMethod(AttributionMethod):
         self.interpolation = interpolation
 
     def _row_setup(
-        self, tensors: list[Tensor], inputs: Tensor
+        self, net: nn.Module, tensors: list[Tensor], inputs: Tensor
     ) -> tuple[Tensor, int, tuple[int, int]]:
         """The start row, the prefix-token count and the patch grid."""
         batch, n_tokens = inputs.shape[0], int(tensors[0].shape[-1])
-        prefix, grid = patch_grid(
-            self.model, n_tokens, (inputs.shape[-2], inputs.shape[-1]), self.name
-        )
-        kind = _start_kind(self.model, self.token, prefix, self.name)
+        prefix, grid = patch_grid(net, n_tokens, (inputs.shape[-2], inputs.shape[-1]), self.name)
+        kind = _start_kind(net, self.token, prefix, self.name)
         start = start_row(kind, n_tokens, prefix, batch, _exact(tensors[0]), self.name)
         return start, prefix, grid
 
@@ -422,14 +421,14 @@ class AttentionRollout(RolloutMethod):
         self.head_fusion = head_fusion
         self.discard_ratio = float(discard_ratio)
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """One forward pass with the attention captured, then the rollout row."""
         with torch.no_grad():
             with AttentionCapture() as capture:
-                output = self.model(inputs)
+                output = net(inputs)
             resolved = resolve(target, output)
-            tensors = checked_attentions(capture.records, inputs.shape[0], self.name, self.model)
-            start, prefix, grid = self._row_setup(tensors, inputs)
+            tensors = checked_attentions(capture.records, inputs.shape[0], self.name, net)
+            start, prefix, grid = self._row_setup(net, tensors, inputs)
             row = attention_rollout_row(
                 [_exact(t) for t in tensors], start, self.head_fusion, self.discard_ratio
             )
@@ -468,16 +467,16 @@ class GradientRollout(RolloutMethod):
 
     name: ClassVar[str] = "gradient_rollout"
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """One forward pass with the attention captured, one backward pass to it, the row."""
         # frozen parameters (freezes=True) and an input that requires grad: the graph is the
         # model's own, the backward pass computes only what reaches the probabilities
         x = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
             with AttentionCapture() as capture:
-                output = self.model(x)
+                output = net(model_input(x))  # a copy: the model may edit its input
             resolved = resolve(target, output)
-            tensors = checked_attentions(capture.records, inputs.shape[0], self.name, self.model)
+            tensors = checked_attentions(capture.records, inputs.shape[0], self.name, net)
             scores = resolved.scores
             if not scores.requires_grad:
                 raise TargetError(
@@ -491,7 +490,7 @@ class GradientRollout(RolloutMethod):
             for r, t, g in zip(capture.records, tensors, grads)
         ]
         with torch.no_grad():
-            start, prefix, grid = self._row_setup(tensors, inputs)
+            start, prefix, grid = self._row_setup(net, tensors, inputs)
             row = gradient_rollout_row(
                 [_exact(t.detach()) for t in tensors], [_exact(g) for g in gradients], start
             )

@@ -107,6 +107,7 @@ the layer, and one backward pass to it. :attr:`CAMMethod.layer_name` and
 from __future__ import annotations
 
 import abc
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -117,6 +118,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._guards import model_input
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
 from .._targets import (
     AnyTarget,
@@ -208,9 +210,12 @@ def _discover(model: nn.Module, inputs: Tensor, target: AnyTarget) -> tuple[str,
     skip = attention_internals(model)
     calls: dict[nn.Module, int] = {}
     found: list[tuple[str, nn.Module, Tensor, TokenLayout]] = []
+    owner = threading.get_ident()
 
     def hook_for(name: str) -> Any:
         def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass (flashtorch._surgery, threads)
             calls[module] = calls.get(module, 0) + 1
             if calls[module] > 1 or id(module) in skip or isinstance(module, _POOLS):
                 return None
@@ -237,7 +242,7 @@ def _discover(model: nn.Module, inputs: Tensor, target: AnyTarget) -> tuple[str,
             for name, module in model.named_modules():
                 if name:
                     handles.append(module.register_forward_hook(hook_for(name)))
-            output = model(inputs)
+            output = model(model_input(inputs))  # a copy: the model may edit its input
             handles.remove()
             usable = [c for c in found if calls[c[1]] == 1]
             scores = resolve(target, output).scores
@@ -352,6 +357,8 @@ class Capture:
         indices: ``(B,)`` target classes or ``None`` for a callable target.
         layer: dotted name of the layer used.
         layout: how the layer's output was read (``None`` with ``reshape=``).
+        model: the network the capture ran on (the model, or its ``fast=True`` copy), for
+            methods that run it again (Score-CAM).
     """
 
     inputs: Tensor
@@ -362,6 +369,7 @@ class Capture:
     indices: Tensor | None
     layer: str
     layout: TokenLayout | None = None
+    model: nn.Module | None = None
 
     @property
     def grad(self) -> Tensor:
@@ -492,36 +500,35 @@ class CAMMethod(AttributionMethod):
         self.interpolation = interpolation
         #: ``t -> (B, C, h, w)`` applied to the layer's output and gradient, or ``None``.
         self.reshape = reshape
-        #: dotted name of the layer used by the last call (``None`` before the first call).
+        #: dotted name of the layer used by the last call (``None`` before the first call): a
+        #: record that each call writes and none reads (with threads, the latest call's).
         self.layer_name: str | None = None
         #: how the last call read that layer's output (``None`` with ``reshape=``).
         self.layer_layout: TokenLayout | None = None
 
     # -- capture -------------------------------------------------------------------------------
 
-    def capture(self, inputs: Tensor, target: Target) -> Capture:
-        """Run the model once, recording the layer's activation (and gradient if needed).
+    def capture(self, net: nn.Module, inputs: Tensor, target: Target) -> Capture:
+        """Run ``net`` once, recording the layer's activation (and gradient if needed).
 
         With ``layer=None`` and no remembered default for this model and input shape, the
         default is found first (:func:`default_layer`'s pass). Call inside the guarded state
         (:meth:`compute` is); ``inputs`` on the model's device.
         """
         grad = self.uses_gradients
-        layer = self.layer if self.layer is not None else _default_name(self.model, inputs, target)
+        layer = self.layer if self.layer is not None else _default_name(net, inputs, target)
         with torch.enable_grad() if grad else torch.no_grad():
-            with LayerRecorder(
-                self.model, layer, self.call, leaf=True, start_grad=grad
-            ) as recorder:
-                output = self.model(inputs)
+            with LayerRecorder(net, layer, self.call, leaf=True, start_grad=grad) as recorder:
+                output = net(model_input(inputs))  # a copy: the model may edit its input
             activation = recorder.output
-            layout = self._layout(recorder.name, activation, inputs)
+            layout = self._layout(net, recorder.name, activation, inputs)
             scores, indices = _resolve_scores(target, output)
             gradient = _gradient(scores, activation, recorder.name) if grad else None
         return self._packed(
-            inputs, activation, gradient, output, scores, indices, recorder.name, layout
+            net, inputs, activation, gradient, output, scores, indices, recorder.name, layout
         )
 
-    def _layout(self, name: str, output: Any, inputs: Tensor) -> TokenLayout | None:
+    def _layout(self, net: nn.Module, name: str, output: Any, inputs: Tensor) -> TokenLayout | None:
         """How the layer's output reads as a map (``None`` with ``reshape=``); or LayerError."""
         if self.reshape is not None:
             return None
@@ -530,11 +537,10 @@ class CAMMethod(AttributionMethod):
                 f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another "
                 "layer or pass reshape="
             )
-        model = self.model
         return infer_layout(
             output,
             inputs.shape[0],
-            lambda: token_info(model),
+            lambda: token_info(net),
             (inputs.shape[-2], inputs.shape[-1]),
             name,
             convention=True,
@@ -548,6 +554,7 @@ class CAMMethod(AttributionMethod):
 
     def _packed(
         self,
+        net: nn.Module,
         inputs: Tensor,
         activation: Tensor,
         gradient: Tensor | None,
@@ -569,7 +576,7 @@ class CAMMethod(AttributionMethod):
             and layout is not None
             and layout.kind == "tokens"
         ):
-            self._warn_if_blind(grad, gradient, layout, name, inputs)
+            self._warn_if_blind(net, grad, gradient, layout, name, inputs)
         return Capture(
             inputs=inputs,
             activation=act,
@@ -579,10 +586,17 @@ class CAMMethod(AttributionMethod):
             indices=indices,
             layer=name,
             layout=layout,
+            model=net,
         )
 
     def _warn_if_blind(
-        self, grid_grad: Tensor, raw: Tensor, layout: TokenLayout, name: str, inputs: Tensor
+        self,
+        net: nn.Module,
+        grid_grad: Tensor,
+        raw: Tensor,
+        layout: TokenLayout,
+        name: str,
+        inputs: Tensor,
     ) -> None:
         """Warn when no patch token of a token layer receives gradient (reads a device value)."""
         if not syncs_allowed() or bool(grid_grad.ne(0).any()):
@@ -594,7 +608,7 @@ class CAMMethod(AttributionMethod):
             else "the target score does not depend on it"
         )
         try:
-            hint = f"; the default layer {_default_name(self.model, inputs, None)!r} works"
+            hint = f"; the default layer {_default_name(net, inputs, None)!r} works"
         except LayerError:  # pragma: no cover - nothing better to suggest
             hint = ""
         warnings.warn(
@@ -619,9 +633,9 @@ class CAMMethod(AttributionMethod):
     def cam(self, capture: Capture, target: Target) -> tuple[Tensor, dict[str, Tensor]]:
         """The coarse ``(B, 1, h, w)`` map and extras (e.g. channel weights) for a capture."""
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """Capture the layer, combine it into a coarse map, post-process."""
-        cap = self.capture(inputs, target)
+        cap = self.capture(net, inputs, target)
         coarse, extras = self.cam(cap, target)
         maps = self.finish(coarse, (inputs.shape[-2], inputs.shape[-1]))
         return MethodOutput(maps, cap.output, cap.indices, cap.scores, extras)

@@ -34,6 +34,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._guards import model_input
 from .._surgery import LayerRecorder, RectifierRule, rectifiers_between
 from .._targets import ResolvedTarget, Target
 from ..attribution import MethodOutput, register
@@ -70,24 +71,24 @@ class GuidedGradCAM(GradCAM):
     #: ``(forward, backward)`` passes of the last call: ``(1, 1)``, ``(1, 2)`` or ``(2, 2)``.
     passes: tuple[int, int] = (0, 0)
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """One pass when exact (see the module docstring), else Grad-CAM then guided backprop."""
-        layer = self.layer if self.layer is not None else _default_name(self.model, inputs, target)
+        layer = self.layer if self.layer is not None else _default_name(net, inputs, target)
         key = (layer, self.call, tuple(inputs.shape[1:]))
-        if _ONE_PASS.get(self.model, {}).get(key) is not False:
-            out = self._one_pass(inputs, target, layer, key)
+        if _ONE_PASS.get(net, {}).get(key) is not False:
+            out = self._one_pass(net, inputs, target, layer, key)
             if out is not None:
                 return out
         self.passes = (2, 2)
-        cam = super().compute(inputs, target)
+        cam = super().compute(net, inputs, target)
         same = target if cam.targets is None else ResolvedTarget.checked(cam.targets)
-        guided = input_gradients(self.model, inputs, same, "guided", method=self.name)
+        guided = input_gradients(net, inputs, same, "guided", method=self.name)
         extras = dict(cam.extras)
         extras["cam"] = cam.maps
         return MethodOutput(guided.maps * cam.maps, cam.output, cam.targets, cam.scores, extras)
 
     def _one_pass(
-        self, inputs: Tensor, target: Target, layer: str, key: tuple
+        self, net: nn.Module, inputs: Tensor, target: Target, layer: str, key: tuple
     ) -> MethodOutput | None:
         """Both gradients from one forward pass, or ``None`` when that is not possible.
 
@@ -96,15 +97,15 @@ class GuidedGradCAM(GradCAM):
         """
         x = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
-            with LayerRecorder(self.model, layer, self.call) as recorder:
-                output = self.model(x)
+            with LayerRecorder(net, layer, self.call) as recorder:
+                output = net(model_input(x))  # a copy: the model may edit its input
             activation = recorder.output
-            layout = self._layout(recorder.name, activation, inputs)
+            layout = self._layout(net, recorder.name, activation, inputs)
             scores, indices = _resolve_scores(target, output)
             usable = (
                 scores.requires_grad and activation.requires_grad and not recorder.modified_in_place
             )
-            _ONE_PASS.setdefault(self.model, {})[key] = usable
+            _ONE_PASS.setdefault(net, {})[key] = usable
             if not usable:
                 return None  # the two-pass path also gives the precise error, if any
             total = scores.sum()
@@ -121,7 +122,7 @@ class GuidedGradCAM(GradCAM):
                 self.passes = (1, 2)
             rule.warn_if_unused(self.name, self.model)
         capture = self._packed(
-            inputs, activation, grad_a, output, scores, indices, recorder.name, layout
+            net, inputs, activation, grad_a, output, scores, indices, recorder.name, layout
         )
         coarse, extras = self.cam(capture, target)
         cam = self.finish(coarse, (inputs.shape[-2], inputs.shape[-1]))

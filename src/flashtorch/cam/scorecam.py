@@ -176,7 +176,7 @@ class ScoreCAM(CAMMethod):
     def cam(self, capture: Capture, target: Target) -> tuple[Tensor, dict[str, Tensor]]:
         """Score every channel's mask, softmax over channels, weighted sum."""
         scores = scorecam_scores(
-            self.model,
+            capture.model if capture.model is not None else self.model,
             capture.inputs,
             capture.activation,
             score_function(capture.indices, target),

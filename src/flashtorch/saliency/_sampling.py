@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._guards import model_input
 from .._outputs import cat_outputs, explained_output
 from .._targets import AnyTarget, ResolvedTarget, resolve
 from ..errors import InputError, MethodError
@@ -102,9 +103,12 @@ def clean_forward(model: nn.Module, x: Tensor, size: int) -> Any:
     """The model's logits on ``x`` without gradients, in internal batches of ``size`` rows.
 
     An output without logits is returned as the model gives it, chunks joined by rows
-    (:mod:`flashtorch._outputs`).
+    (:mod:`flashtorch._outputs`). The model gets copies of the rows (it may edit its input in
+    place; the method uses ``x`` again).
     """
-    return cat_outputs([explained_output(model(x[a:b])) for a, b in chunks(x.shape[0], size)])
+    return cat_outputs(
+        [explained_output(model(model_input(x[a:b]))) for a, b in chunks(x.shape[0], size)]
+    )
 
 
 def explained_scores(target: AnyTarget, output: Any) -> tuple[Tensor, Tensor | None]:

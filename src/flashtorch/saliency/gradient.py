@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._guards import model_input
 from .._outputs import detach_output
 from .._surgery import RectifierRule, Rule
 from .._targets import AnyTarget, Target
@@ -48,7 +49,8 @@ def input_gradients(
     """
     x = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
-        output, scores, indices = forward_scores(model, x, target)
+        # a copy of the leaf: the model may edit its input in place
+        output, scores, indices = forward_scores(model, model_input(x), target)
         if rule is not None:
             rectifiers = RectifierRule(rule)
             rectifiers.attach(scores)
@@ -80,9 +82,9 @@ class Gradient(AttributionMethod):
     graph_safe = True
     rule: Rule | None = None
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """See :func:`input_gradients`."""
-        return input_gradients(self.model, inputs, target, self.rule, method=self.name)
+        return input_gradients(net, inputs, target, self.rule, method=self.name)
 
 
 @register
@@ -97,9 +99,9 @@ class GradientXInput(Gradient):
 
     name = "gradient_x_input"
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """Gradient times input."""
-        out = super().compute(inputs, target)
+        out = super().compute(net, inputs, target)
         out.maps = out.maps * inputs
         return out
 

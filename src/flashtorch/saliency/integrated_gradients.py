@@ -272,7 +272,7 @@ class IntegratedGradients(AttributionMethod):
             return b.dim() < 4 or b.shape[0] == 1
         return True
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """Integrate the gradient along the straight path in internal batches."""
         x = inputs
         batch = x.shape[0]
@@ -290,15 +290,13 @@ class IntegratedGradients(AttributionMethod):
         base_scores: Tensor | None = None
         if clean:
             if zero_node.size:  # the path visits the baseline: S(x') comes from the gradient run
-                output = clean_forward(self.model, x, size)
+                output = clean_forward(net, x, size)
                 scores, indices = explained_scores(target, output)
             else:  # one gradient-free run on [x; x'] gives S(x) and S(x')
                 # a baseline shared by every image runs once (rows are independent in eval
                 # mode): B + 1 rows instead of 2B
                 shared = self.eval_mode and self.shared_baseline() and batch > 1
-                both = clean_forward(
-                    self.model, torch.cat([x, base[:1] if shared else base], 0), size
-                )
+                both = clean_forward(net, torch.cat([x, base[:1] if shared else base], 0), size)
                 output = take_rows(both, slice(0, batch))
                 base_out = (
                     _repeat_row(both, batch, x.device)
@@ -322,7 +320,7 @@ class IntegratedGradients(AttributionMethod):
                 if clean or start >= batch
                 else rows_of_target(target, batch, start, stop)
             )
-            out = input_gradients(self.model, path, row_targets, method=self.name)
+            out = input_gradients(net, path, row_targets, method=self.name)
             row_out, row_scores = out.output, out.scores
             assert row_out is not None and row_scores is not None  # a gradient run has both
             integral.index_add_(0, img, out.maps * weights[node].view(-1, 1, 1, 1))

@@ -148,7 +148,7 @@ class Occlusion(AttributionMethod):
             return gaussian_blur(x, self.blur_sigma)
         return broadcast_reference(self.fill, x, "fill")
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """Score every occluded copy in internal batches and average the drops per pixel."""
         x = inputs
         batch, _, height, width = x.shape
@@ -164,7 +164,7 @@ class Occlusion(AttributionMethod):
         fill = self.fill_images(x)
         tops = torch.tensor(window_starts(height, wh, sh), device=x.device)
         lefts = torch.tensor(window_starts(width, ww, sw), device=x.device)
-        output = clean_forward(self.model, x, size)
+        output = clean_forward(net, x, size)
         scores, indices = explained_scores(target, output)
         top = tops.repeat_interleave(len(lefts))  # window p = (p // n_w, p % n_w)
         left = lefts.repeat(len(tops))
@@ -187,7 +187,7 @@ class Occlusion(AttributionMethod):
                 p, img = rows // batch, rows % batch
                 m = masks(p)
                 occluded = torch.where(m, fill[img], x[img])
-                out = explained_output(self.model(occluded))
+                out = explained_output(net(occluded))
                 if indices is None:
                     occ_scores, _ = explained_scores(target, out)
                 else:

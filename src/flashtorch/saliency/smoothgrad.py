@@ -234,16 +234,8 @@ class SmoothGrad(AttributionMethod):
         except TypeError as exc:
             raise MethodError(f"bad base_options for {cls.name!r}: {exc}") from None
 
-    def compute(self, inputs: Tensor, target: Target) -> MethodOutput:
+    def compute(self, net: nn.Module, inputs: Tensor, target: Target) -> MethodOutput:
         """Run the base method on the noisy copies in internal batches and combine them."""
-        user_model = self.base.model
-        self.base.model = self.model  # the network of this call (a fast=True copy, say)
-        try:
-            return self._smooth(inputs, target)
-        finally:
-            self.base.model = user_model
-
-    def _smooth(self, inputs: Tensor, target: Target) -> MethodOutput:
         x = inputs
         batch = x.shape[0]
         size = chunk_size(self.internal_batch_size, batch)
@@ -252,7 +244,7 @@ class SmoothGrad(AttributionMethod):
         scores: Tensor | None = None
         indices: Tensor | None = None
         if clean:
-            output = clean_forward(self.model, x, size)
+            output = clean_forward(net, x, size)
             scores, indices = explained_scores(target, output)
 
         lo, hi = image_range(x)
@@ -274,7 +266,7 @@ class SmoothGrad(AttributionMethod):
                 if clean or start >= batch
                 else rows_of_target(target, batch, start, stop)
             )
-            res = self.base.compute(noisy, row_targets)
+            res = self.base.run_compute(net, noisy, row_targets)  # on this call's network
             maps = res.maps.detach()
             if maps.dtype in _LOW_PRECISION:
                 # a half-precision gradient's square underflows (1e-4 squared is below
