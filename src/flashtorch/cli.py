@@ -837,6 +837,10 @@ def explain(
 @_LAYER_OPTION
 @_SIZE_OPTION
 @click.option("--title", default="flashtorch report", show_default=True, help="Page title.")
+@click.option("--normalize", "normalize", type=click.Choice(["per-image", "global"]),
+              default="per-image", show_default=True,
+              help="Scale each map on its own, or each method's maps of all images together "
+              "(a weak map then looks weak).")
 @_CMAP_OPTION
 @_ALPHA_OPTION
 @_OPT_OPTION
@@ -847,8 +851,8 @@ def report(
     ctx: click.Context, images: tuple[str, ...], output: Path, run_dir: Path | None,
     model_spec: str, device: str,
     trust_pickle: bool, methods: tuple[str, ...], target: str | None, layer: str | None,
-    size: int | None, title: str, cmap: str, alpha: float, opts: tuple[str, ...],
-    batch_size: int,
+    size: int | None, title: str, normalize: str, cmap: str, alpha: float,
+    opts: tuple[str, ...], batch_size: int,
 ) -> None:
     """Write ONE self-contained HTML report for IMAGE...: inputs, top-5, maps, timings.
 
@@ -864,6 +868,10 @@ def report(
     if not images:
         _usage("give IMAGE... to explain, or --run DIR to report a run")
 
+    import dataclasses
+
+    import torch
+
     from . import available_methods
     from .report import (
         ImageEntry,
@@ -873,8 +881,10 @@ def report(
         encode_png,
         image_rgb,
         overlay_rgb,
+        reduce_map,
         write_report,
     )
+    from .scaling import DEFAULT_PERCENTILE, scale_maps
 
     if cmap not in colormaps:
         _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
@@ -888,6 +898,7 @@ def report(
     _check_layer(loaded, layer)
 
     entries = []
+    together: dict[str, list[tuple[int, int, Any, Any]]] = {}  # --normalize global, by method
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "report") as bar:
         for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
@@ -898,7 +909,12 @@ def report(
                 if item.target is not None:
                     label = f"{_class_label(item.target, result.num_classes)} ({item.target})"
                 note = f"layer {item.layer}" if item.layer else ""
-                png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
+                if normalize == "global":  # drawn once every image's map is known
+                    together.setdefault(item.method, []).append(
+                        (len(entries), len(panels), result.image, reduce_map(item.maps)))
+                    png = b""
+                else:
+                    png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
                 panels.append(MapPanel(item.method, png, item.seconds, label, note))
             entries.append(ImageEntry(
                 Path(result.path).name,
@@ -906,12 +922,19 @@ def report(
                 [Prediction(i, label, p) for i, label, p in result.top],
                 panels,
             ))
+    for group in together.values():  # one scale per method over all the images
+        levels = scale_maps(torch.stack([m for *_, m in group]), per_image=False)
+        for (e, p, image, _), level in zip(group, levels):
+            png = encode_png(overlay_rgb(image, level, cmap, alpha, prescaled=True))
+            entries[e].panels[p] = dataclasses.replace(entries[e].panels[p], image=png)
     details = {
         "model": model_spec,
         "device": str(dev),
         "input size": f"{loaded.size} x {loaded.size}",
         "methods": ", ".join(names),
         "target": "top class" if tgt is None else str(tgt),
+        "map scale": f"{DEFAULT_PERCENTILE:g}th percentile, "
+        + ("each map on its own" if normalize == "per-image" else "one per method, all images"),
     }
     html = build_report(
         entries, command=_command_line(ctx), title=title, details=details, cmap=cmap,
