@@ -147,6 +147,7 @@ def _show_warning(debug: bool) -> Callable[..., None]:
     def show(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any,
              **__: Any) -> None:
         ours = f"{os.sep}flashtorch{os.sep}" in filename and issubclass(category, UserWarning)
+        ours = ours or category.__name__ == "DecompressionBombWarning"  # PIL's large image
         if debug:
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
         elif ours:
@@ -527,9 +528,8 @@ def check_images(paths: Sequence[str]) -> list[str]:
 
     A bad file thus fails before the model is loaded; the pixels are read batch by batch.
     """
-    from PIL import Image, UnidentifiedImageError
-
     from .errors import ImageLoadError
+    from .utils.image import probe_image
 
     for p in paths:
         path = Path(p)
@@ -537,11 +537,7 @@ def check_images(paths: Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"no image file at {p!r}; check the path")
         if path.is_dir():
             raise ImageLoadError(f"{p!r} is a folder, not an image file")
-        try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageLoadError(f"{p!r} is not a readable image ({exc})") from None
+        probe_image(path)  # a regular file, an image header, within the pixel limits
     return list(paths)
 
 
