@@ -273,3 +273,18 @@ def test_report_normalize_global_shows_the_weaker_map(capsys, tiny_model, tmp_pa
     assert colour(weak_g) < 0.1 * colour(strong_g)  # global: the weak map stays faint
     assert "one per method, all images" in pages["global"]
     assert "each map on its own" in pages["per-image"]
+
+
+def test_report_normalize_is_refused_for_a_run(capsys, tmp_path):
+    code, _, err = _call(
+        capsys,
+        "report",
+        "--run",
+        str(tmp_path),
+        "--normalize",
+        "global",
+        "-o",
+        str(tmp_path / "r.html"),
+    )
+    assert code == 2 and "--normalize global applies to a report of IMAGE" in err, err
+    assert not (tmp_path / "r.html").exists()

@@ -859,6 +859,8 @@ def report(
     from matplotlib import colormaps
 
     if run_dir is not None:
+        if normalize != "per-image":
+            _usage("--normalize global applies to a report of IMAGE..., not of --run DIR")
         _report_run(ctx, images, run_dir, output, title, cmap, alpha)
         return
     if not images:

@@ -314,14 +314,15 @@ def load_image(
         _check_dimensions(image.size, label, budget, max_aspect)
         try:
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            turned = image.getexif().get(0x0112, 1) not in (None, 1)  # EXIF Orientation
+            upright = ImageOps.exif_transpose(image) if turned else image
         except Image.DecompressionBombError as exc:
             raise ImageLoadError(
                 f"{label} is refused as a possible decompression bomb ({exc})"
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageLoadError(f"{label} is not a readable image ({exc})") from None
-        return _to_rgb(upright if upright is not None else image)
+        return _to_rgb(upright)
 
 
 def _resize_crop(image: Image.Image, size: int) -> Image.Image:
