@@ -896,12 +896,12 @@ def report(
     _check_layer(loaded, layer)
 
     entries = []
-    together: dict[str, list[tuple[int, int, Any, Any]]] = {}  # --normalize global, by method
+    together: dict[str, list[tuple[list[Any], int, Any, Any]]] = {}  # --normalize global
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "report") as bar:
         for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
                                   skip_inapplicable=_wants_all(methods)):
-            panels = []
+            panels: list[Any] = []
             for item in result.maps:
                 label = ""
                 if item.target is not None:
@@ -909,7 +909,7 @@ def report(
                 note = f"layer {item.layer}" if item.layer else ""
                 if normalize == "global":  # drawn once every image's map is known
                     together.setdefault(item.method, []).append(
-                        (len(entries), len(panels), result.image, reduce_map(item.maps)))
+                        (panels, len(panels), result.image, reduce_map(item.maps)))
                     png = b""
                 else:
                     png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
@@ -922,9 +922,9 @@ def report(
             ))
     for group in together.values():  # one scale per method over all the images
         levels = scale_maps(torch.stack([m for *_, m in group]), per_image=False)
-        for (e, p, image, _), level in zip(group, levels):
+        for (shown, i, image, _), level in zip(group, levels):
             png = encode_png(overlay_rgb(image, level, cmap, alpha, prescaled=True))
-            entries[e].panels[p] = dataclasses.replace(entries[e].panels[p], image=png)
+            shown[i] = dataclasses.replace(shown[i], image=png)
     details = {
         "model": model_spec,
         "device": str(dev),
