@@ -144,6 +144,7 @@ def _show_warning(debug: bool) -> Callable[..., None]:
         message: Any, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any
     ) -> None:
         ours = f"{os.sep}flashtorch{os.sep}" in filename and issubclass(category, UserWarning)
+        ours = ours or category.__name__ == "DecompressionBombWarning"  # PIL's large image
         if debug:
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
         elif ours:
@@ -586,9 +587,8 @@ def check_images(paths: Sequence[str]) -> list[str]:
 
     A bad file thus fails before the model is loaded; the pixels are read batch by batch.
     """
-    from PIL import Image, UnidentifiedImageError
-
     from .errors import ImageLoadError
+    from .utils.image import probe_image
 
     for p in paths:
         path = Path(p)
@@ -596,11 +596,7 @@ def check_images(paths: Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"no image file at {p!r}; check the path")
         if path.is_dir():
             raise ImageLoadError(f"{p!r} is a folder, not an image file")
-        try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageLoadError(f"{p!r} is not a readable image ({exc})") from None
+        probe_image(path)  # a regular file, an image header, within the pixel limits
     return list(paths)
 
 
@@ -1052,6 +1048,15 @@ def explain(
 @_LAYER_OPTION
 @_SIZE_OPTION
 @click.option("--title", default="flashtorch report", show_default=True, help="Page title.")
+@click.option(
+    "--normalize",
+    "normalize",
+    type=click.Choice(["per-image", "global"]),
+    default="per-image",
+    show_default=True,
+    help="Scale each map on its own, or each method's maps of all images together "
+    "(a weak map then looks weak).",
+)
 @_CMAP_OPTION
 @_ALPHA_OPTION
 @_OPT_OPTION
@@ -1071,6 +1076,7 @@ def report(
     layer: str | None,
     size: int | None,
     title: str,
+    normalize: str,
     cmap: str,
     alpha: float,
     opts: tuple[str, ...],
@@ -1085,10 +1091,16 @@ def report(
     from matplotlib import colormaps
 
     if run_dir is not None:
+        if normalize != "per-image":
+            _usage("--normalize global applies to a report of IMAGE..., not of --run DIR")
         _report_run(ctx, images, run_dir, output, title, cmap, alpha)
         return
     if not images:
         _usage("give IMAGE... to explain, or --run DIR to report a run")
+
+    import dataclasses
+
+    import torch
 
     from . import available_methods
     from .report import (
@@ -1099,8 +1111,10 @@ def report(
         encode_png,
         image_rgb,
         overlay_rgb,
+        reduce_map,
         write_report,
     )
+    from .scaling import DEFAULT_PERCENTILE, scale_maps
 
     if cmap not in colormaps:
         _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
@@ -1114,6 +1128,7 @@ def report(
     _check_layer(loaded, layer)
 
     entries = []
+    together: dict[str, list[tuple[list[Any], int, Any, Any]]] = {}  # --normalize global
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "report") as bar:
         for result in run_methods(
@@ -1126,13 +1141,19 @@ def report(
             bar,
             skip_inapplicable=_wants_all(methods),
         ):
-            panels = []
+            panels: list[Any] = []
             for item in result.maps:
                 label = ""
                 if item.target is not None:
                     label = f"{_class_label(item.target, result.num_classes)} ({item.target})"
                 note = f"layer {item.layer}" if item.layer else ""
-                png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
+                if normalize == "global":  # drawn once every image's map is known
+                    together.setdefault(item.method, []).append(
+                        (panels, len(panels), result.image, reduce_map(item.maps))
+                    )
+                    png = b""
+                else:
+                    png = encode_png(overlay_rgb(result.image, item.maps, cmap, alpha))
                 panels.append(MapPanel(item.method, png, item.seconds, label, note))
             entries.append(
                 ImageEntry(
@@ -1142,12 +1163,19 @@ def report(
                     panels,
                 )
             )
+    for group in together.values():  # one scale per method over all the images
+        levels = scale_maps(torch.stack([m for *_, m in group]), per_image=False)
+        for (shown, i, image, _), level in zip(group, levels):
+            png = encode_png(overlay_rgb(image, level, cmap, alpha, prescaled=True))
+            shown[i] = dataclasses.replace(shown[i], image=png)
     details = {
         "model": model_spec,
         "device": str(dev),
         "input size": f"{loaded.size} x {loaded.size}",
         "methods": ", ".join(names),
         "target": "top class" if tgt is None else str(tgt),
+        "map scale": f"{DEFAULT_PERCENTILE:g}th percentile, "
+        + ("each map on its own" if normalize == "per-image" else "one per method, all images"),
     }
     html = build_report(
         entries,

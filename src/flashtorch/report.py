@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from . import scaling as _scaling
 from .errors import InputError
 from .plot._common import atomic_write_bytes
+from .scaling import DEFAULT_PERCENTILE
 
 # --------------------------------------------------------------------------------------------
 # Images
@@ -71,20 +72,18 @@ def scale_map(saliency: Tensor, percentile: float = 99.0) -> Tensor:
 
     .. math:: \hat S = \text{clip}\Big(\frac{S - \min S}{q_p(S - \min S)}, 0, 1\Big)
 
-    where :math:`q_p` is the ``percentile``-th percentile (gradient maps are spiky: without the
-    clip a handful of pixels would take the whole colour range). A constant map becomes zeros.
+    Kept for existing code: it is :func:`flashtorch.scaling.scale_maps` with
+    ``how="percentile"`` (the one scaling of the figures, the report and the command line).
     """
-    s = torch.nan_to_num(saliency.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
-    s = s - s.min()
-    flat = s.flatten()
-    if flat.numel() > 1_000_000:  # quantile's limit; a strided sample is enough for display
-        flat = flat[:: flat.numel() // 1_000_000 + 1]
-    hi = torch.quantile(flat, percentile / 100.0) if percentile < 100 else flat.max()
-    if hi <= 0:
-        hi = flat.max()
-    if hi <= 0:
-        return torch.zeros_like(s)
-    return (s / hi).clamp(0.0, 1.0)
+    return _scaling.scale_maps(saliency, "percentile", percentile=percentile, per_image=False)
+
+
+def reduce_map(saliency: Tensor) -> Tensor:
+    """``(H, W)``, ``(1, H, W)`` or ``(C, H, W)`` map -> ``(H, W)`` (``max_c |S_c|``), float32."""
+    sal = saliency.detach().float().cpu()
+    if sal.dim() == 3:
+        sal = sal[0] if sal.shape[0] == 1 else sal.abs().amax(0)
+    return sal
 
 
 def overlay_rgb(
@@ -92,12 +91,16 @@ def overlay_rgb(
     saliency: Tensor,
     cmap: str = "jet",
     alpha: float = 0.75,
-    percentile: float = 99.0,
+    percentile: float = DEFAULT_PERCENTILE,
     grayscale: bool = True,
+    *,
+    scale: str = "percentile",
+    prescaled: bool = False,
 ) -> np.ndarray:
     r"""Blend a colour-mapped saliency map over an image, at the image's resolution.
 
-    The map is scaled by :func:`scale_map` to :math:`\hat S \in [0, 1]` and blended with a
+    The map is scaled by :func:`flashtorch.scaling.scale_maps` (``scale``, ``percentile``;
+    the same scaling as :mod:`flashtorch.plot`) to :math:`\hat S \in [0, 1]` and blended with a
     per-pixel opacity that grows with it, over a dimmed grey copy of the image (so the colours
     of the map never mix with the colours of the photo):
 
@@ -114,6 +117,11 @@ def overlay_rgb(
         alpha: opacity of the map where it is highest, in [0, 1].
         percentile: values above this percentile get the top colour (100: plain min-max).
         grayscale: draw over a dimmed grey version of the image (default) or the image itself.
+        scale: ``"percentile"`` (default), ``"minmax"``, ``"abs"`` or ``"signed"``; a signed
+            map (in [-1, 1]) takes the colour ``cmap((s + 1) / 2)`` and the opacity
+            ``alpha |s|`` (use a diverging ``cmap``).
+        prescaled: ``saliency`` is already the output of ``scale_maps(..., scale)`` (e.g.
+            scaled together with other images' maps, ``per_image=False``): drawn as it is.
 
     Returns:
         ``(H, W, 3)`` ``uint8`` array.
@@ -121,9 +129,7 @@ def overlay_rgb(
     from matplotlib import colormaps
 
     base = image_rgb(image).astype(np.float32) / 255.0
-    sal = saliency.detach().float().cpu()
-    if sal.dim() == 3:
-        sal = sal[0] if sal.shape[0] == 1 else sal.abs().amax(0)
+    sal = reduce_map(saliency)
     if sal.dim() != 2 or tuple(sal.shape) != base.shape[:2]:
         raise InputError(
             f"saliency must be (H, W) or (C, H, W) with H, W = {base.shape[:2]}, got "
@@ -131,8 +137,7 @@ def overlay_rgb(
         )
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha}")
-    if not 0.0 < percentile <= 100.0:
-        raise InputError(f"percentile must be in (0, 100], got {percentile}")
+    _scaling.check_scaling(scale, percentile)
     try:
         colour_map = colormaps[cmap]
     except KeyError:
@@ -140,8 +145,15 @@ def overlay_rgb(
     if grayscale:
         luma = base @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         base = np.repeat((0.2 + 0.6 * luma)[..., None], 3, axis=2)
-    level = scale_map(sal, percentile).numpy()
-    heat = colour_map(level)[..., :3].astype(np.float32)
+    if prescaled:
+        level = sal.clamp(-1.0 if scale == "signed" else 0.0, 1.0).numpy()
+    else:
+        level = _scaling.scale_maps(sal, scale, percentile=percentile, per_image=False).numpy()
+    if scale == "signed":
+        heat = colour_map((level + 1.0) / 2.0)[..., :3].astype(np.float32)
+        level = np.abs(level)
+    else:
+        heat = colour_map(level)[..., :3].astype(np.float32)
     weight = (alpha * level)[..., None]
     out = (1.0 - weight) * base + weight * heat
     return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -426,6 +438,7 @@ __all__ = [
     "encode_png",
     "image_rgb",
     "overlay_rgb",
+    "reduce_map",
     "scale_map",
     "write_report",
 ]

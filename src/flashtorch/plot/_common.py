@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
+
+from .. import scaling as _scaling
 
 
 def new_figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
@@ -89,20 +90,39 @@ def to_image(tensor: Tensor) -> np.ndarray:
 def normalize_map(saliency: Tensor, percentile: float = 99.5, eps: float = 1e-12) -> Tensor:
     """Scale one ``(.., H, W)`` map to [0, 1]: min -> 0, the ``percentile``-th value -> 1.
 
-    Clipping at a high percentile keeps a few outlier pixels from washing out the rest
-    (constant maps -> zeros).
+    Kept for existing code: it is :func:`flashtorch.scaling.scale_maps` with
+    ``how="percentile"`` over the whole tensor (``eps`` is no longer used).
     """
-    s = saliency.detach().float()
-    lo = s.min()
-    hi = torch.quantile(s.flatten()[:: max(1, s.numel() // 200_000)], percentile / 100.0)
-    return ((s - lo) / (hi - lo).clamp_min(eps)).clamp(0, 1)
+    del eps
+    return _scaling.scale_maps(saliency, "percentile", percentile=percentile, per_image=False)
 
 
-def heat_rgba(saliency01: Tensor, cmap: str = "jet", alpha: float = 0.6) -> np.ndarray:
-    """``(H, W)`` map in [0, 1] -> RGBA array whose opacity grows with the saliency."""
+def scaled_maps(
+    maps: Tensor,
+    scale: str = "percentile",
+    percentile: float = _scaling.DEFAULT_PERCENTILE,
+    per_image: bool = True,
+) -> Tensor:
+    """The figures' call of :func:`flashtorch.scaling.scale_maps` (looked up at call time)."""
+    return _scaling.scale_maps(maps, scale, percentile=percentile, per_image=per_image)
+
+
+def heat_rgba(
+    saliency01: Tensor, cmap: str = "jet", alpha: float = 0.6, signed: bool = False
+) -> np.ndarray:
+    """``(H, W)`` map in [0, 1] -> RGBA array whose opacity grows with the saliency.
+
+    With ``signed=True`` the map is in [-1, 1] (``scale_maps(..., "signed")``): its colour is
+    ``cmap((s + 1) / 2)`` (zero in the middle of a diverging map) and its opacity grows with
+    ``|s|``.
+    """
     import matplotlib
 
     s = saliency01.detach().float().cpu().squeeze().numpy()
+    if signed:
+        rgba = matplotlib.colormaps[cmap]((s + 1.0) / 2.0)
+        rgba[..., 3] = alpha * np.sqrt(np.abs(s))
+        return rgba
     rgba = matplotlib.colormaps[cmap](s)
     rgba[..., 3] = alpha * np.sqrt(s)
     return rgba

@@ -3,8 +3,11 @@
 Every panel shows a map as an overlay on its (denormalised) input image, or alone. Maps with
 several channels (gradients, Guided Grad-CAM) are collapsed to one with
 :func:`flashtorch.reduce_channels` (``max_abs`` by default, the Simonyan et al. convention), maps
-of another size than the image (raw low-resolution CAMs) are resized bilinearly, and every map is
-scaled to ``[0, 1]`` on its own for display (minimum to 0, a high percentile to 1). matplotlib
+of another size than the image (raw low-resolution CAMs) are resized bilinearly, and the maps are
+scaled for display by :func:`flashtorch.scaling.scale_maps` (by default each on its own, the
+minimum to 0 and a high percentile to 1; ``per_image=False`` gives each method one scale over all
+its images, so a weak map stays weak next to a strong one; ``scale`` picks min-max, percentile,
+magnitude or signed scaling). matplotlib
 is imported inside the functions (through :func:`~flashtorch.plot._common.new_figure`, never
 pyplot): figures are headless and can be saved atomically with ``save_path``.
 
@@ -25,15 +28,15 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..attribution import Attribution, reduce_channels
 from ..errors import InputError
+from ..scaling import DEFAULT_PERCENTILE, check_scaling
 from ..utils.image import IMAGENET_MEAN, IMAGENET_STD
 from ..utils.image import denormalize as _denormalize
-from ._common import finish_figure, heat_rgba, new_figure, normalize_map, to_image
+from ._common import finish_figure, heat_rgba, new_figure, scaled_maps, to_image
 
 Results = Union[Mapping[str, Union[Attribution, Tensor]], Sequence[Attribution], Attribution]
 
@@ -99,27 +102,40 @@ def _named_maps(results: Results) -> list[tuple[str, Tensor, Tensor | None]]:
     return out
 
 
-def display_maps(maps: Tensor, size: tuple[int, int], reduce: str = "max_abs") -> Tensor:
-    """Maps ready to draw: one channel, resized to ``size``, each scaled to ``[0, 1]``.
+def display_maps(
+    maps: Tensor,
+    size: tuple[int, int],
+    reduce: str = "max_abs",
+    *,
+    scale: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    per_image: bool = True,
+) -> Tensor:
+    """Maps ready to draw: one channel, resized to ``size``, scaled for display.
 
-    The scaling is the figures' common one (:func:`flashtorch.plot._common.normalize_map`):
-    the minimum maps to 0 and a high percentile to 1, so a few outlier pixels do not wash out
-    the rest.
+    The scaling is the one of the figures, the report and the command line
+    (:func:`flashtorch.scaling.scale_maps`): by default the minimum maps to 0 and a high
+    percentile to 1, so a few outlier pixels do not wash out the rest.
 
     Args:
         maps: ``(B, C, h, w)``.
         size: ``(H, W)`` of the images they belong to.
-        reduce: channel reduction for ``C > 1`` (see :func:`flashtorch.reduce_channels`).
+        reduce: channel reduction for ``C > 1`` (see :func:`flashtorch.reduce_channels`;
+            ``"sum"`` keeps the sign for ``scale="signed"``).
+        scale: ``"percentile"``, ``"minmax"``, ``"abs"`` or ``"signed"``.
+        percentile: the percentile that gets the top colour.
+        per_image: each image's map on its own scale (default), or one scale for the batch.
 
     Returns:
-        ``(B, 1, H, W)`` float tensor in ``[0, 1]`` (a constant map becomes zeros).
+        ``(B, 1, H, W)`` float tensor in ``[0, 1]`` (``[-1, 1]`` for ``"signed"``; a constant
+        map becomes zeros).
     """
     m = maps.detach().float()
     if m.shape[1] != 1:
         m = reduce_channels(m, reduce)
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return torch.stack([normalize_map(one) for one in m])
+    return scaled_maps(m, scale, percentile, per_image)
 
 
 def attribution_grid(
@@ -140,6 +156,9 @@ def attribution_grid(
     panel_size: float = 2.5,
     title: str | None = None,
     save_path: str | os.PathLike | None = None,
+    scale: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    per_image: bool = True,
 ) -> Any:
     """A grid of attribution maps: one row per image, one column per method (or transposed).
 
@@ -168,13 +187,22 @@ def attribution_grid(
         panel_size: size of one panel in inches.
         title: figure title.
         save_path: if given, the figure is also written there (format from the suffix).
+        scale: how maps are scaled for display (:func:`flashtorch.scaling.scale_maps`):
+            ``"percentile"`` (default), ``"minmax"``, ``"abs"`` or ``"signed"`` (in [-1, 1],
+            for a diverging ``cmap`` such as ``"coolwarm"`` and ``reduce="sum"``).
+        percentile: the percentile that gets the top colour.
+        per_image: each map on its own scale (default: every map at full contrast), or
+            ``False``: one scale per method over all the images, so that a map much weaker
+            than the others of its column looks weaker.
 
     Returns:
         A matplotlib ``Figure`` (headless; displays in notebooks).
 
     Raises:
-        InputError: malformed images or results, or a batch size that does not match.
+        InputError: malformed images or results, a batch size that does not match, or an
+            unknown ``scale``.
     """
+    check_scaling(scale, percentile)
     x = _as_batch(images)
     named = _named_maps(results)
     batch, size = x.shape[0], (x.shape[-2], x.shape[-1])
@@ -188,7 +216,16 @@ def attribution_grid(
     if denormalize and x.shape[1] == 3:
         x = _denormalize(x, mean, std)
     pictures = x.clamp(0, 1)
-    shown = [(name, display_maps(maps, size, reduce)) for name, maps, _ in named]
+    shown = [
+        (
+            name,
+            display_maps(
+                maps, size, reduce, scale=scale, percentile=percentile, per_image=per_image
+            ),
+        )
+        for name, maps, _ in named
+    ]
+    signed = scale == "signed"
     labels = list(row_labels) if row_labels is not None else _default_labels(named, class_names)
 
     columns = (["Input"] if show_input else []) + [name for name, _ in shown]
@@ -206,9 +243,9 @@ def attribution_grid(
                 heat = shown[j - int(show_input)][1][i]
                 if overlay:
                     ax.imshow(image, cmap=gray)
-                    ax.imshow(heat_rgba(heat, cmap=cmap, alpha=alpha))
+                    ax.imshow(heat_rgba(heat, cmap=cmap, alpha=alpha, signed=signed))
                 else:
-                    ax.imshow(to_image(heat), cmap=cmap, vmin=0.0, vmax=1.0)
+                    ax.imshow(heat[0].numpy(), cmap=cmap, vmin=-1.0 if signed else 0.0, vmax=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():

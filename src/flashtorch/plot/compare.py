@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from .._targets import Target
 from ..attribution import Attribution
 from ..errors import InputError
+from ..scaling import DEFAULT_PERCENTILE, check_scaling
 from ..utils.image import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from ._common import finish_figure, heat_rgba, new_figure, normalize_map, to_image
+from ._common import finish_figure, heat_rgba, new_figure, scaled_maps, to_image
 
 
 def _per_model(value: Any, models: Mapping[str, nn.Module], what: str) -> dict[str, Any]:
@@ -99,6 +100,9 @@ def compare_models(
     title: str | None = None,
     save_path: str | os.PathLike | None = None,
     dpi: int = 100,
+    scale: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    per_image: bool = True,
 ) -> Any:
     """Show several models' maps for the same images side by side.
 
@@ -123,10 +127,16 @@ def compare_models(
         title: optional figure title.
         save_path: if given, the figure is also written there (atomically).
         dpi: resolution of the saved file.
+        scale: how maps are scaled for display (:func:`flashtorch.scaling.scale_maps`:
+            ``"percentile"``, ``"minmax"``, ``"abs"``, ``"signed"``).
+        percentile: the percentile that gets the top colour.
+        per_image: each panel on its own scale (default), or one scale per column (model and
+            method) over all the images, so a weak map stays weak.
 
     Returns:
         A matplotlib ``Figure`` (headless).
     """
+    check_scaling(scale, percentile)
     from ..metrics.localisation import energy_pointing_game, pointing_game
 
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
@@ -177,9 +187,13 @@ def compare_models(
                 single = torch.nn.functional.interpolate(
                     single, size=(h, w), mode="bilinear", align_corners=False
                 )
+            level = scaled_maps(
+                single if not per_image else single[r, 0], scale, percentile, per_image=False
+            )
+            level = level[r, 0] if not per_image else level
             ax = axes[r][c]
             ax.imshow(to_image(images[r]))
-            ax.imshow(heat_rgba(normalize_map(single[r, 0]), cmap=cmap, alpha=alpha))
+            ax.imshow(heat_rgba(level, cmap=cmap, alpha=alpha, signed=scale == "signed"))
             label = (
                 ""
                 if result.predicted is None

@@ -8,8 +8,9 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import InputError
+from ..scaling import DEFAULT_PERCENTILE, check_scaling
 from ..utils.image import denormalize, standardize_and_clip
-from ._common import finish_figure, heat_rgba, new_figure, normalize_map, to_image
+from ._common import finish_figure, heat_rgba, new_figure, scaled_maps, to_image
 
 
 def _batched(t: Tensor, channels: int | None, name: str) -> Tensor:
@@ -32,6 +33,10 @@ def visualize(
     figsize: tuple[float, float] = (16, 4),
     save_path: str | os.PathLike | None = None,
     title: str | None = None,
+    *,
+    scale: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    per_image: bool = True,
 ) -> Any:
     """The talk's figure: input, gradients across RGB channels, max gradients, overlay.
 
@@ -48,10 +53,16 @@ def visualize(
         figsize: size of one row of four panels; a batch gets one row per image.
         save_path: if given, the figure is also written there (atomically).
         title: optional figure title.
+        scale: how the overlay's map is scaled (:func:`flashtorch.scaling.scale_maps`:
+            ``"percentile"``, ``"minmax"``, ``"abs"``, ``"signed"``).
+        percentile: the percentile that gets the top colour.
+        per_image: each image's overlay on its own scale (default), or one scale for the
+            batch (a weak map stays weak).
 
     Returns:
         The matplotlib ``Figure`` (headless; displays in notebooks).
     """
+    check_scaling(scale, percentile)
     x = _batched(input_, 3, "input_")
     g = _batched(gradients, None, "gradients")
     m = _batched(max_gradients, 1, "max_gradients")
@@ -66,6 +77,7 @@ def visualize(
     images = denormalize(x).clamp(0, 1)
     grads = standardize_and_clip(g)
     maxes = standardize_and_clip(m)
+    levels = scaled_maps(m, scale, percentile, per_image)
     titles = ("Input image", "Gradients across RGB channels", "Max gradients", "Overlay")
     for r in range(rows):
         panels = (
@@ -82,7 +94,7 @@ def visualize(
             ax.imshow(img, cmap=cm)
         ax = axes[r][3]
         ax.imshow(to_image(images[r]))
-        ax.imshow(heat_rgba(normalize_map(m[r]), cmap=cmap, alpha=alpha))
+        ax.imshow(heat_rgba(levels[r], cmap=cmap, alpha=alpha, signed=scale == "signed"))
         for c in range(4):
             axes[r][c].set_axis_off()
             if r == 0:
@@ -91,20 +103,31 @@ def visualize(
 
 
 def overlay(
-    image: Tensor, saliency: Tensor, cmap: str = "jet", alpha: float = 0.7, ax: Any = None
+    image: Tensor,
+    saliency: Tensor,
+    cmap: str = "jet",
+    alpha: float = 0.7,
+    ax: Any = None,
+    *,
+    scale: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
 ) -> Any:
     """Draw ``saliency`` ``(1|C, H, W)`` over ``image`` ``(3, H, W)`` in [0, 1] on an axis.
 
-    Multi-channel maps are reduced by ``max_c |A_c|``; the heat map's opacity grows with the
-    saliency (at most ``alpha``), so low-saliency regions show the photo unchanged.
+    Multi-channel maps are reduced by ``max_c |A_c|``; the map is scaled by
+    :func:`flashtorch.scaling.scale_maps` (``scale``, ``percentile``) and the heat map's
+    opacity grows with it (at most ``alpha``), so low-saliency regions show the photo
+    unchanged.
     """
+    check_scaling(scale, percentile)
     if ax is None:
         ax = new_figure((4, 4)).subplots()
     sal = saliency.detach().cpu()
     if sal.dim() == 3 and sal.shape[0] != 1:
         sal = sal.abs().amax(0, keepdim=True)
     ax.imshow(to_image(image))
-    ax.imshow(heat_rgba(normalize_map(sal), cmap=cmap, alpha=alpha))
+    level = scaled_maps(sal, scale, percentile, per_image=False)
+    ax.imshow(heat_rgba(level, cmap=cmap, alpha=alpha, signed=scale == "signed"))
     ax.set_axis_off()
     return ax
 

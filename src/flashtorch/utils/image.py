@@ -1,16 +1,28 @@
-"""The talk's image helpers, fixed: loading, transforms, (de)normalisation, plotting prep."""
+"""The talk's image helpers, fixed: loading, transforms, (de)normalisation, plotting prep.
+
+Reading a file is bounded: the header's width and height are checked before any pixel is
+decoded, so a small file that claims enormous or extremely elongated dimensions (a
+decompression bomb) is refused with :class:`~flashtorch.errors.ImageLoadError` instead of
+taking gigabytes. The limits are per call (``max_pixels``, ``max_aspect`` of
+:func:`load_image`, or the ``FLASHTORCH_MAX_IMAGE_PIXELS`` environment variable); PIL's own
+global ``PIL.Image.MAX_IMAGE_PIXELS`` is read, never changed, and its
+``DecompressionBombWarning`` is not silenced.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import ImageLoadError, InputError
@@ -19,6 +31,148 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, bytes, bytearray, Any]
+
+#: Largest image, in pixels (width x height), that :func:`load_image` decodes by default:
+#: 100 megapixels (about 300 MB as RGB). Override per call (``max_pixels``) or with the
+#: ``FLASHTORCH_MAX_IMAGE_PIXELS`` environment variable (e.g. ``200e6``).
+DEFAULT_MAX_PIXELS = 100_000_000
+#: Largest ratio of an image's longer side to its shorter side: resizing the shorter side to
+#: the model's input size multiplies the longer one, so a 1 x 10^6 strip would become
+#: gigapixels. Override per call (``max_aspect``).
+DEFAULT_MAX_ASPECT = 100.0
+MAX_PIXELS_ENV = "FLASHTORCH_MAX_IMAGE_PIXELS"
+
+
+def _pixel_budget(max_pixels: int | float | None) -> int:
+    if max_pixels is None:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_PIXELS
+        try:
+            max_pixels = float(text)
+        except ValueError:
+            raise InputError(
+                f"{MAX_PIXELS_ENV}={text!r} is not a number of pixels (e.g. 200e6)"
+            ) from None
+    if (
+        isinstance(max_pixels, bool)
+        or not isinstance(max_pixels, (int, float))
+        or not (max_pixels >= 1 and math.isfinite(max_pixels))
+    ):
+        raise InputError(f"max_pixels must be a positive number of pixels, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _check_dimensions(
+    size: tuple[int, int], label: str, max_pixels: int | None, max_aspect: float
+) -> None:
+    """Refuse a ``(width, height)`` with no pixels, too many, or too elongated."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageLoadError(f"{label} has no pixels ({w} x {h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageLoadError(
+            f"{label} is {w} x {h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g} megapixels (a decompression bomb?); downscale it first, or "
+            f"raise the limit (load_image(..., max_pixels=N) or {MAX_PIXELS_ENV}=N) if you "
+            "trust the file"
+        )
+    ratio = max(w, h) / min(w, h)
+    if ratio > max_aspect:
+        raise ImageLoadError(
+            f"{label} is {w} x {h}, {ratio:.0f} times longer than wide, over the limit of "
+            f"{max_aspect:g} (resizing it would take gigabytes); crop it first, or pass "
+            "load_image(..., max_aspect=R) if you mean it"
+        )
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse what is not a regular file (before opening: reading a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image file at {str(path)!r}; check the path") from None
+    except OSError as exc:
+        raise ImageLoadError(f"{str(path)!r} cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageLoadError(f"{str(path)!r} is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise ImageLoadError(
+            f"{str(path)!r} is {kind}, not an image file; save the image to a regular file "
+            "and pass that"
+        )
+
+
+def _open(opener: Any, label: str) -> Image.Image:
+    """``Image.open`` (reads the header only), PIL's bomb refusal as an ``ImageLoadError``."""
+    try:
+        return Image.open(opener)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            f"{label} is refused as a possible decompression bomb ({exc}); downscale it first, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS yourself if you trust the file"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{label} is not a readable image ({exc})") from None
+
+
+def _jpeg_draft(image: Image.Image, max_pixels: int, label: str) -> None:
+    """Let a JPEG over the budget decode at 1/2, 1/4 or 1/8 scale (cheap; libjpeg's DCT)."""
+    if image.format != "JPEG":
+        return
+    w, h = image.size
+    if w * h <= max_pixels:
+        return
+    for k in (2, 4, 8):
+        rw, rh = -(-w // k), -(-h // k)
+        if rw * rh <= max_pixels:
+            image.draft(None, (rw, rh))
+            warnings.warn(
+                f"{label} is {w} x {h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                f"{max_pixels / 1e6:g}: decoded at 1/{k} scale ({image.size[0]} x "
+                f"{image.size[1]})",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+
+
+def probe_image(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | float | None = None,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+) -> tuple[int, int]:
+    """Check that ``path`` is an image :func:`load_image` would read, without decoding it.
+
+    It must be a regular file (not a folder, FIFO or device) whose header names a known format
+    and dimensions within the limits (see :func:`load_image`).
+
+    Returns:
+        The ``(width, height)`` of the header.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ImageLoadError: anything else that :func:`load_image` would refuse at the header.
+    """
+    path = Path(path)
+    label = repr(str(path))
+    _regular_file(path)
+    budget = _pixel_budget(max_pixels)
+    with _open(path, label) as image:
+        w, h = size = image.size
+        drafted = image.format == "JPEG" and -(-w // 8) * -(-h // 8) <= budget
+        _check_dimensions(size, label, None if drafted else budget, max_aspect)
+    return size
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -50,14 +204,38 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     return _to_rgb(Image.fromarray(arr))
 
 
+def _wide_to_uint8(image: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit integer and float (``F``) grey images -> ``uint8``.
+
+    ``I;16``: ``/ 65535``. ``I``: ``/ 255`` if every value is in [0, 255], ``/ 65535`` if in
+    [0, 65535] (16-bit PNGs), else stretched from its minimum to its maximum. ``F``: values
+    in [0, 1] are taken as fractions (``* 255``), values in [0, 255] as 8-bit levels, anything
+    else is stretched from its minimum to its maximum; NaN or infinite values are refused.
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.size == 0:
+        return arr.astype(np.uint8)
+    lo, hi = float(arr.min()), float(arr.max())
+    if image.mode == "F" and not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ImageLoadError("a float image contains NaN or infinite values")
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif image.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        top = 1.0
+    elif lo >= 0.0 and hi <= 255.0:
+        top = 255.0
+    elif image.mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        top = 65535.0
+    else:  # no natural range: stretch
+        arr, top = arr - lo, max(hi - lo, 1e-12)
+    return (arr / top * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image.copy()  # a plain PIL.Image.Image, never an alias of the caller's
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = (arr / top * 255.0).round().clip(0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return Image.fromarray(_wide_to_uint8(image)).convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -67,13 +245,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(image_path: ImageSource) -> Image.Image:
+def load_image(
+    image_path: ImageSource,
+    *,
+    max_pixels: int | float | None = None,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+) -> Image.Image:
     """Load an image as an RGB PIL image.
+
+    Files (paths, bytes, file objects) are read with bounds: the header's width and height
+    are checked before decoding, and the EXIF orientation is applied (a photo taken
+    sideways comes out upright). A JPEG over ``max_pixels`` is decoded at 1/2, 1/4 or 1/8
+    scale when that fits (with a warning); any other image over it is refused.
 
     Args:
         image_path: a path (``str``/``Path``), a PIL image, a numpy array (HW, HWC or CHW; uint8,
             uint16, or float in [0, 1]), ``bytes``, or a binary file object. Grayscale, RGBA
-            (composited on white), palette and 16-bit images are converted.
+            (composited on white), palette, 16-bit, 32-bit and float (TIFF ``F``) images are
+            converted.
+        max_pixels: largest ``width * height`` decoded from a file (default
+            :data:`DEFAULT_MAX_PIXELS`, or the ``FLASHTORCH_MAX_IMAGE_PIXELS`` environment
+            variable). PIL refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` on its
+            own, whatever this says.
+        max_aspect: largest ratio of the longer side to the shorter (any source).
 
     Returns:
         An RGB ``PIL.Image.Image``. (The argument keeps FlashTorch 0.1.3's name,
@@ -81,12 +275,23 @@ def load_image(image_path: ImageSource) -> Image.Image:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ImageLoadError: the data is not an image.
+        ImageLoadError: the data is not an image, the path is not a regular file (folder,
+            FIFO, device), or the image is over the limits.
     """
     src = image_path
+    if (
+        isinstance(max_aspect, bool)
+        or not isinstance(max_aspect, (int, float))
+        or not (max_aspect >= 1)
+    ):
+        raise InputError(f"max_aspect must be a number >= 1, got {max_aspect!r}")
     if isinstance(src, Image.Image):
+        _check_dimensions(src.size, "the given image", None, max_aspect)
         return _to_rgb(src)
     if isinstance(src, np.ndarray):
+        if src.ndim >= 2:
+            hw = src.shape[:2] if src.ndim == 2 or src.shape[-1] in (1, 3, 4) else src.shape[1:3]
+            _check_dimensions((int(hw[1]), int(hw[0])), "the given array", None, max_aspect)
         return _from_array(src)
     if isinstance(src, Tensor):
         raise ImageLoadError(
@@ -95,10 +300,7 @@ def load_image(image_path: ImageSource) -> Image.Image:
         )
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
-        if not path.exists():
-            raise FileNotFoundError(f"no image file at {str(path)!r}; check the path")
-        if path.is_dir():
-            raise ImageLoadError(f"{str(path)!r} is a folder, not an image file")
+        _regular_file(path)
         opener: Any = path
         label = repr(str(path))
     elif isinstance(src, (bytes, bytearray, memoryview)):
@@ -112,12 +314,22 @@ def load_image(image_path: ImageSource) -> Image.Image:
             f"cannot load an image from {type(src).__name__}; pass a path, PIL image, numpy "
             "array, bytes or a binary file object"
         )
-    try:
-        with Image.open(opener) as image:
+    budget = _pixel_budget(max_pixels)
+    with _open(opener, label) as image:
+        _check_dimensions(image.size, label, None, max_aspect)
+        _jpeg_draft(image, budget, label)
+        _check_dimensions(image.size, label, budget, max_aspect)
+        try:
             image.load()
-            return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{label} is not a readable image ({exc})") from None
+            turned = image.getexif().get(0x0112, 1) not in (None, 1)  # EXIF Orientation
+            upright = ImageOps.exif_transpose(image) if turned else image
+        except Image.DecompressionBombError as exc:
+            raise ImageLoadError(
+                f"{label} is refused as a possible decompression bomb ({exc})"
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageLoadError(f"{label} is not a readable image ({exc})") from None
+        return _to_rgb(upright)
 
 
 def _resize_crop(image: Image.Image, size: int) -> Image.Image:
@@ -244,11 +456,14 @@ def format_for_plotting(tensor: Tensor) -> Tensor:
 
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT",
+    "DEFAULT_MAX_PIXELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "apply_transforms",
     "denormalize",
     "format_for_plotting",
     "load_image",
+    "probe_image",
     "standardize_and_clip",
 ]
