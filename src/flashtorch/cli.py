@@ -233,9 +233,19 @@ def _model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="cpu, cuda, cuda:N, mps, or auto (cuda when available).",
     )(func)
     func = click.option(
+        "--pretrained", is_flag=True, expose_value=False,
+        callback=_flag_callback("flashtorch.pretrained"),
+        help="torchvision:/timm: models: load the default pretrained weights from the local "
+        "cache (torch hub / Hugging Face; never downloaded). Without it or :WEIGHTS they have "
+        "random weights (announced).",
+    )(func)
+    func = click.option(
         "-m", "--model", "model_spec", default=DEFAULT_MODEL, show_default=True, metavar="M",
-        help="efficientnet_lite0 (bundled), torchvision:NAME[:WEIGHTS.pth], "
-        "timm:NAME[:WEIGHTS], a TorchScript file, or package.module:factory.",
+        help="efficientnet_lite0 (bundled, pretrained), torchvision:NAME[:WEIGHTS] (WEIGHTS: "
+        "DEFAULT, IMAGENET1K_V1... from the local cache, or a .pth file), "
+        "timm:NAME[:WEIGHTS] (pretrained, a tag, or a .pth file), hf:DIR (a transformers "
+        "save_pretrained folder, or a config.json: random weights), a TorchScript file, or "
+        "package.module:factory[:WEIGHTS.pth].",
     )(func)
     return func
 
@@ -500,26 +510,26 @@ class LoadedModel:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: int
+    config: Any = None  # the source's flashtorch.models.DataConfig
+    weights: str = ""  # where the weights came from ("random", a file, a weights name...)
 
 
-def load_cli_model(spec: str, device: Any, size: int | None, trust_pickle: bool) -> LoadedModel:
-    """Load ``--model`` on ``device`` with its mean/std/size (ImageNet's when unknown)."""
-    from .models import load_model, preprocessing
-    from .utils import IMAGENET_MEAN, IMAGENET_STD
+def load_cli_model(spec: str, device: Any, size: int | None, trust_pickle: bool,
+                   pretrained: bool | None = None) -> LoadedModel:
+    """Load ``--model`` on ``device`` with its data config (``--pretrained`` read from the context).
 
-    model = load_model(spec, trust_pickle=trust_pickle, device=device)
-    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
-    std: tuple[float, ...] = tuple(IMAGENET_STD)
-    default_size = 224
-    try:
-        pre: dict[str, Any] | None = preprocessing(spec)
-    except Exception:  # unknown preprocessing (files, factories): ImageNet's, documented
-        pre = None
-    if pre is not None:
-        mean, std = tuple(pre["mean"]), tuple(pre["std"])
-        default_size = int(pre["size"])
-    default_size = int(getattr(model, "input_size", default_size) or default_size)
-    return LoadedModel(model, spec, device, tuple(mean), tuple(std), size or default_size)
+    Random weights and an all-zero classification head are announced by the registry's
+    ``UserWarning``, which the command prints as one ``flashtorch: warning:`` line.
+    """
+    from .models import resolve_model
+
+    if pretrained is None:
+        ctx = click.get_current_context(silent=True)
+        pretrained = bool(ctx is not None and ctx.meta.get("flashtorch.pretrained"))
+    loaded = resolve_model(spec, pretrained=pretrained, trust_pickle=trust_pickle, device=device)
+    config = loaded.config
+    return LoadedModel(loaded.model, spec, device, tuple(config.mean), tuple(config.std),
+                       size or config.size, config, loaded.weights)
 
 
 def check_images(paths: Sequence[str]) -> list[str]:
@@ -1032,6 +1042,7 @@ def run(
         batch_size=batch_size, num_workers=workers, size=size, dtype=dtype, metrics=picked,
         metric_step=metric_step, seed=seed, device=None if device == "auto" else device,
         overwrite=overwrite, progress=not _quiet(ctx) and rank0, trust_pickle=trust_pickle,
+        pretrained=bool(ctx.meta.get("flashtorch.pretrained")),
     )
     if rank0:
         _info(ctx, summary.line())
