@@ -635,13 +635,14 @@ def run_methods(
     ``on_image`` is called with each image's predictions before its maps are computed. With
     ``skip_inapplicable`` (``--method all``) an attention method that refuses the model on the
     first batch (a CNN has no attention; windowed attention) is dropped with a note on stderr
-    instead of failing the command; named explicitly, it fails with its message.
+    instead of failing the command; named explicitly, it fails with its message. So is a
+    layer method (a CAM) that refuses a TorchScript model when it is built.
     """
     import torch
 
     from . import get_method
     from ._targets import explained_output
-    from .errors import MethodError
+    from .errors import LayerError, MethodError
     from .utils import apply_transforms, denormalize
 
     instances = {}
@@ -650,6 +651,11 @@ def run_methods(
             instances[name] = get_method(name)(loaded.model, **options.get(name, {}))
         except TypeError as exc:
             raise MethodError(f"bad option for method {name!r}: {exc}") from None
+        except LayerError as exc:  # a CAM on a TorchScript model: skipped when not named
+            if not (skip_inapplicable and get_method(name).needs_layer):
+                raise
+            click.echo(f"flashtorch: skipped {name}: {exc}", err=True)
+            progress.update(len(paths))
     stems = output_stems(paths)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])  # read here, batch by batch
@@ -901,7 +907,7 @@ def report(
     total = len(paths) * len(names)
     with _progress(ctx, total, "map", "report") as bar:
         for result in run_methods(loaded, paths, names, options, tgt, batch_size, bar,
-                                  skip_inapplicable=_wants_all(methods)):
+                                  skip_inapplicable=_wants_all(methods) or not methods):
             panels = []
             for item in result.maps:
                 label = ""
@@ -918,6 +924,8 @@ def report(
             ))
     details = {
         "model": model_spec,
+        "weights": loaded.weights,
+        "preprocessing": loaded.config.describe() if loaded.config is not None else "",
         "device": str(dev),
         "input size": f"{loaded.size} x {loaded.size}",
         "methods": ", ".join(names),

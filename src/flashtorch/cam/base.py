@@ -117,7 +117,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
+from .._surgery import (
+    HandleList,
+    LayerRecorder,
+    find_layer,
+    model_device,
+    preserved_state,
+    refuse_scripted,
+)
 from .._targets import Target, detach_output, explained_output, prepare_target, resolve
 from .._tokens import TokenLayout, attention_internals, infer_layout, token_info, try_layout
 from .._validate import check_images, syncs_allowed
@@ -455,6 +462,7 @@ class CAMMethod(AttributionMethod):
         amp: bool = False,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
+        refuse_scripted(model, self.name)
         if reshape is not None and not callable(reshape):
             raise MethodError(
                 f"reshape must be a callable t -> (B, C, h, w), got {type(reshape).__name__}"
