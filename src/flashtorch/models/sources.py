@@ -267,17 +267,19 @@ def _config_from_model(model: nn.Module, origin_default: str) -> DataConfig:
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, Mapping) and cfg.get("input_size"):
         return _timm_config(cfg, _num_outputs(model), "the model's pretrained_cfg")
+    config = DataConfig(class_names=_names_for(_num_outputs(model)), origin=origin_default)
     size = getattr(model, "input_size", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        config = replace(config, input_size=(3, size, size), origin="the model's input_size")
     mean, std = getattr(model, "mean", None), getattr(model, "std", None)
-    if isinstance(size, int) and mean is not None and std is not None:
-        return DataConfig(
-            input_size=(3, size, size),
+    if isinstance(mean, (tuple, list)) and isinstance(std, (tuple, list)):
+        config = replace(
+            config,
             mean=tuple(float(v) for v in mean),
             std=tuple(float(v) for v in std),
-            class_names=_names_for(_num_outputs(model)),
             origin="the model's input_size / mean / std",
         )
-    return DataConfig(class_names=_names_for(_num_outputs(model)), origin=origin_default)
+    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +445,7 @@ def _load_torchvision(spec: str, rest: str, opts: _Options) -> LoadedModel:
         config,
         spec,
         "torchvision",
-        "random" if random else weights,
+        weights or "random",
         _notice(spec, model, random, how),
     )
 
@@ -511,17 +513,18 @@ def _timm_cached_file(timm: Any, tagged: str) -> tuple[Path | None, list[str]]:
     if cfg.file and Path(cfg.file).is_file():
         return Path(cfg.file), looked
     if cfg.hf_hub_id:
+        lookup: Callable[..., Any] | None
         try:
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache as lookup
         except ImportError:
-            try_to_load_from_cache = None
+            lookup = None
         repo = cfg.hf_hub_id.partition("@")[0]
         for filename in (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"):
             if not filename:
                 continue
             looked.append(f"the Hugging Face cache ({repo}/{filename})")
-            if try_to_load_from_cache is not None:
-                found = try_to_load_from_cache(repo, filename)
+            if lookup is not None:
+                found = lookup(repo, filename)
                 if isinstance(found, str) and Path(found).is_file():
                     return Path(found), looked
     if cfg.url:
@@ -588,7 +591,7 @@ def _load_timm(spec: str, rest: str, opts: _Options) -> LoadedModel:
         config,
         spec,
         "timm",
-        "random" if random else weights,
+        weights or "random",
         _notice(spec, model, random, how),
     )
 
