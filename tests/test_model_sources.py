@@ -415,3 +415,16 @@ def test_cli_report_on_torchscript_skips_cams(capsys, tmp_path):
     assert "skipped gradcam" in err and out_file.is_file()
     html = out_file.read_text()
     assert "TorchScript" in html  # the preprocessing row says where the config came from
+
+
+def test_runs_load_through_the_registry(saved_vit, tmp_path):
+    from flashtorch.runs.engine import _load
+
+    _, folder = saved_vit
+    net, spec, mean, std, side, names = no_warnings(
+        _load, f"hf:{folder}", torch.device("cpu"), 0, False, None, None, None
+    )
+    assert (mean, std, side) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32)
+    assert names == ("cat", "dog", "owl")
+    with pytest.warns(UserWarning, match="random weights"):
+        _load("timm:test_efficientnet", torch.device("cpu"), 0, False, None, None, None)
