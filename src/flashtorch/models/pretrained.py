@@ -217,10 +217,12 @@ def preprocessing(name: str = "efficientnet_lite0") -> dict[str, object]:
 
     For the bundled model this is the standard ImageNet pipeline (its :class:`Renormalize`
     takes care of what the weights need). ``"timm:NAME"`` reads timm's pretrained config;
-    ``"torchvision:NAME"`` is ImageNet mean/std at 224 (all torchvision classifiers).
+    ``"torchvision:NAME"`` reads the transforms of its default (or named) weights; ``"hf:PATH"``
+    the folder's ``preprocessor_config.json``. A thin wrapper of
+    :func:`flashtorch.models.data_config`, which returns the whole :class:`DataConfig`.
 
     Args:
-        name: a bundled model name or a ``timm:``/``torchvision:`` spec.
+        name: a bundled model name or a ``timm:``/``torchvision:``/``hf:`` spec.
 
     Returns:
         ``{"mean": (r, g, b), "std": (r, g, b), "size": int}`` for inputs scaled to [0, 1].
@@ -228,27 +230,24 @@ def preprocessing(name: str = "efficientnet_lite0") -> dict[str, object]:
     Raises:
         ModelLoadError: the name is unknown.
     """
-    canonical = _canonical(name)
-    if canonical in BUNDLED or canonical.startswith("torchvision:"):
-        return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "size": 224}
-    if canonical.startswith("timm:"):
-        try:
-            import timm
-        except ImportError as exc:
-            raise MissingDependencyError(f"timm is needed: {_PIP_HINT}") from exc
-        arch = name.split(":", 2)[1]
-        cfg = timm.models.get_pretrained_cfg(arch)
-        if cfg is None:
-            raise ModelLoadError(f"timm has no pretrained config for {arch!r}")
-        return {
-            "mean": tuple(float(v) for v in cfg.mean),
-            "std": tuple(float(v) for v in cfg.std),
-            "size": int(cfg.input_size[-1]),
-        }
-    raise ModelLoadError(
-        f"no known preprocessing for {name!r}; known: {', '.join(BUNDLED)}, 'timm:NAME', "
-        "'torchvision:NAME'. For your own model, use the mean/std it was trained with"
-    )
+    from .sources import data_config
+
+    text = name.strip()
+    head, sep, rest = text.partition(":")
+    if sep and head.lower() in ("timm", "torchvision", "hf"):
+        text = f"{head.lower()}:{rest}"
+    elif _canonical(text) in BUNDLED:
+        text = _canonical(text)
+    else:
+        text = ""
+    if not text:
+        raise ModelLoadError(
+            f"no known preprocessing for {name!r}; known: {', '.join(BUNDLED)}, 'timm:NAME', "
+            "'torchvision:NAME', 'hf:PATH'. For your own model, use the mean/std it was "
+            "trained with (or flashtorch.models.resolve_model(spec).config)"
+        )
+    config = data_config(text)
+    return {"mean": config.mean, "std": config.std, "size": config.size}
 
 
 def load_pretrained(

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,36 +114,40 @@ def _load(
     size: int | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-) -> tuple[nn.Module, str, tuple[float, ...], tuple[float, ...], int]:
+    pretrained: bool = False,
+) -> tuple[nn.Module, str, tuple[float, ...], tuple[float, ...], int, tuple[str, ...] | None]:
+    """``(model, spec, mean, std, side, class names of the source or None)``."""
     from ..utils.image import IMAGENET_MEAN, IMAGENET_STD
 
+    names: tuple[str, ...] | None = None
     if isinstance(model, (str, os.PathLike)):
-        from ..models import load_model, preprocessing
+        from ..models import resolve_model
 
         spec = os.fspath(model)
         torch.manual_seed(seed)  # random-weight architectures: the same weights on every rank
-        net = load_model(spec, trust_pickle=trust_pickle, device=device)
-        try:
-            pre: dict[str, Any] | None = preprocessing(spec)
-        except Exception:  # files and factories: ImageNet's, as the command does
-            pre = None
-        default_size = int(pre["size"]) if pre else 224
-        default_mean = tuple(pre["mean"]) if pre else tuple(IMAGENET_MEAN)
-        default_std = tuple(pre["std"]) if pre else tuple(IMAGENET_STD)
+        loaded = resolve_model(
+            spec, pretrained=pretrained, trust_pickle=trust_pickle, device=device, warn=False
+        )
+        if loaded.notice:  # random weights, a zero head: announced where the run was asked
+            warnings.warn(loaded.notice, UserWarning, stacklevel=3)
+        net, config = loaded.model, loaded.config
+        default_size, default_mean, default_std = config.size, config.mean, config.std
+        names = config.class_names
     elif isinstance(model, nn.Module):
         net, spec = model, f"{type(model).__module__}.{type(model).__qualname__}"
         default_size, default_mean, default_std = 224, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+        default_size = int(getattr(net, "input_size", default_size) or default_size)
     else:
         raise InputError(
             f"model must be an nn.Module or a model spec string, got {type(model).__name__}"
         )
-    default_size = int(getattr(net, "input_size", default_size) or default_size)
     return (
         net,
         spec,
         tuple(float(v) for v in (mean or default_mean)),
         tuple(float(v) for v in (std or default_std)),
         int(size or default_size),
+        names,
     )
 
 
@@ -534,6 +539,7 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     trust_pickle: bool = False,
+    pretrained: bool = False,
 ) -> RunSummary:
     """Stream every input of ``source`` through ``methods`` into ``out`` (resumable).
 
@@ -545,8 +551,9 @@ def run(
 
     Args:
         model: an ``nn.Module`` (used on its own device) or a model spec
-            (``efficientnet_lite0``, ``torchvision:NAME``, ``timm:NAME``, a file,
-            ``package.module:factory``; loaded on ``device``).
+            (``efficientnet_lite0``, ``torchvision:NAME[:WEIGHTS]``, ``timm:NAME[:WEIGHTS]``,
+            ``hf:PATH``, a file, ``package.module:factory``; loaded on ``device`` with its
+            data config: input size, mean/std and class names).
         source: a folder (recursive), a list file (``path[,target]`` per line) or a map-style
             ``torch.utils.data.Dataset`` yielding an image or ``(image, target, ...)``.
         methods: method names, ``"a,b"``, or ``{name: options}``.
@@ -571,6 +578,9 @@ def run(
         overwrite: delete an existing run in ``out`` first (its own files only).
         progress: show a progress bar (rank 0).
         trust_pickle: allow a whole pickled model file (see :func:`flashtorch.models.load_model`).
+        pretrained: for a ``torchvision:`` / ``timm:`` spec, the default pretrained weights from
+            the local cache (see :func:`flashtorch.models.resolve_model`); without them (or
+            ``:WEIGHTS``) the model has random weights, announced with a ``UserWarning``.
 
     Returns:
         A :class:`RunSummary` (on every rank).
@@ -606,14 +616,21 @@ def run(
     ctx = distributed.init(device)
     log = None
     try:
-        net, spec, mean_t, std_t, side = _load(
-            model, ctx.device, seed, trust_pickle, size, mean, std
+        net, spec, mean_t, std_t, side, source_names = _load(
+            model, ctx.device, seed, trust_pickle, size, mean, std, pretrained
         )
         dev = ctx.device if isinstance(model, (str, os.PathLike)) else model_device(net)
         shape = probe_shape(src, side)
         with preserved_state(net, eval_mode=True), torch.no_grad():
             probe_out = logits_of(net(torch.zeros(1, *shape, device=dev)))
         num_classes = int(probe_out.shape[1]) if probe_out.dim() == 2 else 0
+        if (
+            class_names is None
+            and source_names is not None
+            and num_classes != 1000
+            and len(source_names) == num_classes
+        ):
+            class_names = source_names  # e.g. an hf: model's id2label (ImageNet's stay fuzzy)
         lookup, name_of = _class_lookup(num_classes, class_names)
         fixed = _resolve_fixed_target(target, num_classes, lookup)
         per_item_targets = None
