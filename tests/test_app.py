@@ -269,7 +269,6 @@ def _client(port: int):
     return Client(f"http://127.0.0.1:{port}/", verbose=False)
 
 
-@pytest.mark.slow
 @needs_gradio
 def test_gradio_client_explains_and_refuses(server, explainer, text_file, tmp_path):
     from gradio_client import handle_file
@@ -370,3 +369,58 @@ def test_the_page_in_headless_chromium(server, text_file):
             assert not errors, errors
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+
+
+@needs_gradio
+def test_serve_refuses_an_unknown_model_in_one_line(capsys):
+    from flashtorch.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--model", "torchvision:no_such_net", "--port", str(_free_port())])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flashtorch: error:"), lines
+    assert "no_such_net" in lines[0]
+
+
+@pytest.mark.slow
+@needs_gradio
+@needs_pretrained
+def test_flashtorch_serve_binds_the_loopback_by_default():
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("no /proc/net/tcp to read the listening socket from (not Linux)")
+    import time
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flashtorch", "serve", "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not _listening_addresses(port):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the server did not start in 240 s"
+            time.sleep(0.2)
+        assert _listening_addresses(port) == ["0100007F"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200 and b"flashtorch" in page.read()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
