@@ -66,6 +66,20 @@ def _not_blank(array: np.ndarray) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def test_warm_up_fills_the_layer_menu(explainer):
+    explainer.warm_up(["gradcam"])
+    entry = explainer.entry(None)
+    assert entry.cam_layers and entry.default_layer in entry.cam_layers
+
+
+def test_only_the_latest_results_are_kept(explainer, monkeypatch):
+    from flashtorch.app import core
+
+    monkeypatch.setattr(core, "KEEP_RESULTS", 2)
+    paths = [explainer.explain(CHELSEA, None, ["gradcam"]).maps[0].png_path for _ in range(3)]
+    assert not paths[0].exists() and paths[1].exists() and paths[2].exists()
+
+
 def test_explain_chelsea_gives_maps_cats_and_files(explainer):
     result = explainer.explain(CHELSEA, None, ["guided", "gradcam"])
     assert [m.method for m in result.maps] == ["guided", "gradcam"]
@@ -361,6 +375,11 @@ def test_the_page_in_headless_chromium(server, text_file):
             assert any(cat in top5 for cat in CATS), top5
             out = ROOT / "docs" / "images" / "serve.png"
             page.screenshot(path=str(out), full_page=True)
+
+            # a click on a top-5 class explains that class at once
+            page.locator("#top5").get_by_text("tabby (281)").click()
+            page.locator("#maps").get_by_text("tabby (281)").first.wait_for(timeout=60_000)
+            assert "tabby (281)" in page.locator("#target input").input_value()
 
             page.locator("#upload button[aria-label='Clear']").click()
             page.locator("#upload input[type=file]").set_input_files(str(text_file))

@@ -1583,6 +1583,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_pixels=int(max_pixels),
     )
+    explainer.warm_up()
     served = ", ".join(explainer.model_names)
     _info(ctx, f"serving {served} on http://{host}:{port}/ (Ctrl-C stops)")
     launch(explainer, host=host, port=port, concurrency=concurrency)

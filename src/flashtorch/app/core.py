@@ -36,6 +36,8 @@ DEFAULT_MAX_PIXELS = 25_000_000
 TOP_PREDICTION = "top prediction"
 #: The choice of the layer menu that means "the CAM's default layer".
 DEFAULT_LAYER = "default"
+#: How many clicks' PNG / NPY files are kept in :attr:`Explainer.out_dir`.
+KEEP_RESULTS = 32
 #: Methods the page preselects.
 DEFAULT_METHODS = ("gradcam",)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -276,6 +278,20 @@ class Explainer:
         first = f"{DEFAULT_LAYER} ({default})" if default else DEFAULT_LAYER
         return [(first, DEFAULT_LAYER)] + [(n, n) for n in names]
 
+    def warm_up(self, methods: Sequence[str] = ("gradient", "guided", "gradcam")) -> None:
+        """Run ``methods`` once per model on a grey image, so that the first click is fast.
+
+        Also fills each model's layer menu (:meth:`layers`). Nothing is written.
+        """
+        from .. import attribute
+
+        for name, entry in self.models.items():
+            self.layers(name)
+            x = torch.zeros(1, 3, entry.size, entry.size, device=entry.device)
+            for method in methods:
+                if method in self.method_names():
+                    attribute(entry.model, x, method=method)
+
     # ----------------------------------------------------------------------------------------
     # Uploads
     # ----------------------------------------------------------------------------------------
@@ -443,7 +459,12 @@ class Explainer:
         with self._lock:
             self._count += 1
             folder = self.out_dir / f"{self._count:05d}"
+            stale = self.out_dir / f"{self._count - KEEP_RESULTS:05d}"
         folder.mkdir(parents=True, exist_ok=True)
+        if stale.is_dir():  # gradio serves its own copies; keep only the latest here
+            for file in stale.iterdir():
+                file.unlink(missing_ok=True)
+            stale.rmdir()
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:40] or "image"
         for item in result.maps:
             name = f"{stem}_{item.method}" + (f"_t{item.target}" if item.target is not None else "")

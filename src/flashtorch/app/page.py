@@ -142,7 +142,8 @@ def build_app(explainer: Explainer) -> Any:
             out.append(f"**{model}**: {top}")
         return tuple(out)
 
-    with gr.Blocks(title="flashtorch") as app:
+    # gradio's copies of uploads and results: files older than an hour go, checked hourly
+    with gr.Blocks(title="flashtorch", delete_cache=(3600, 3600)) as app:
         gr.Markdown(
             "# flashtorch: what does the model see?\n"
             f"Uploads: images only, at most {limit}. Models: {', '.join(models)}."
