@@ -97,6 +97,16 @@ def test_explain_chelsea_gives_maps_cats_and_files(explainer):
     assert gradcam.layer == explainer.layers(None)[1] and gradcam.layer
 
 
+def test_progress_is_reported_before_each_method_in_registry_order(explainer):
+    seen = []
+    result = explainer.explain(
+        CHELSEA, None, ["gradcam", "guided"], write_files=False, progress=lambda *a: seen.append(a)
+    )
+    assert seen == [(0, 2, "guided"), (1, 2, "gradcam")]
+    assert [m.method for m in result.maps] == ["guided", "gradcam"]
+    assert all(m.png_path is None for m in result.maps)
+
+
 def test_target_and_layer_choices_are_used(explainer):
     entry = explainer.entry(None)
     layers, default = explainer.layers(None)

@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,6 +361,7 @@ class Explainer:
         *,
         write_files: bool = True,
         options: Mapping[str, Mapping[str, Any]] | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
     ) -> ExplainResult:
         """Explain the model's decision on one image with several methods.
 
@@ -373,6 +374,7 @@ class Explainer:
             layer: a CAM layer (one of :meth:`layers`), or ``None`` / ``"default ..."``.
             write_files: write each map's overlay PNG and raw ``.npy`` for download.
             options: per-method options (``{"smoothgrad": {"n_samples": 8}}``).
+            progress: called as ``progress(done, total, method)`` before each method.
 
         Returns:
             An :class:`ExplainResult`.
@@ -421,7 +423,9 @@ class Explainer:
         rgb = np.round(shown.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
 
         outputs: list[MapOutput] = []
-        for name in names:
+        for done, name in enumerate(names):
+            if progress is not None:
+                progress(done, len(names), name)
             opts = dict((options or {}).get(name, {}))
             from .. import get_method
 

@@ -7,6 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -44,9 +45,10 @@ def _page_error(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every exception of ``func`` into a message on the page (``gr.Error``)."""
     gr = _gradio()
 
-    def wrapped(*args: Any) -> Any:
+    @functools.wraps(func)  # gradio reads the signature (a gr.Progress default)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args)
+            return func(*args, **kwargs)
         except gr.Error:
             raise
         except (FlashTorchError, FileNotFoundError) as exc:
@@ -58,8 +60,6 @@ def _page_error(func: Callable[..., Any]) -> Callable[..., Any]:
                 print_exception=False,
             ) from None
 
-    wrapped.__name__ = func.__name__
-    wrapped.__doc__ = func.__doc__
     return wrapped
 
 
@@ -116,8 +116,14 @@ def build_app(explainer: Explainer) -> Any:
         chosen: list[str],
         target: str | None,
         layer: str | None,
+        progress: Any = gr.Progress(),  # noqa: B008 (gradio's way of asking for a bar)
     ) -> tuple[Any, ...]:
-        result = explainer.explain(pick_image(upload, example), model, chosen or [], target, layer)
+        def step(done: int, total: int, method: str) -> None:
+            progress(done / total, desc=f"{method} ({done + 1}/{total})")
+
+        result = explainer.explain(
+            pick_image(upload, example), model, chosen or [], target, layer, progress=step
+        )
         gallery = [(item.panel, result.caption(item)) for item in result.maps]
         files = [str(p) for item in result.maps for p in (item.png_path, item.npy_path) if p]
         return (
@@ -180,7 +186,9 @@ def build_app(explainer: Explainer) -> Any:
                         filterable=True,
                         elem_id="layer",
                     )
-                    button = gr.Button("Explain", variant="primary", elem_id="explain")
+                    with gr.Row():
+                        button = gr.Button("Explain", variant="primary", elem_id="explain")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Column(scale=2):
                     with gr.Row():
                         seen = gr.Image(
@@ -208,15 +216,18 @@ def build_app(explainer: Explainer) -> Any:
                     )
             inputs = [upload, example, model, chosen, target, layer]
             outputs = [seen, top5, maps, files, timings]
-            button.click(explain, inputs, outputs, api_name="explain")
+            running = button.click(explain, inputs, outputs, api_name="explain")
             model.change(on_model, [model], [target, layer], api_name=False)
 
             def choose(label: str | None) -> Any:
                 return gr.update(value=label or TOP_PREDICTION)
 
-            top5.input(choose, [top5], [target], api_name=False).then(
+            again = top5.input(choose, [top5], [target], api_name=False).then(
                 explain, inputs, outputs, api_name=False
             )
+            # Stop: the page stops waiting and the queue moves on; a method already running
+            # finishes its current pass in the background (methods cannot be interrupted yet)
+            stop.click(None, None, None, cancels=[running, again], api_name=False)
         with gr.Tab("Compare models"):
             with gr.Row():
                 with gr.Column(scale=1):
