@@ -421,6 +421,35 @@ def test_serve_refuses_an_unknown_model_in_one_line(capsys):
     assert "no_such_net" in lines[0]
 
 
+@needs_gradio
+def test_serve_passes_the_command_line_to_the_page(monkeypatch):
+    from flashtorch.app import core, page
+    from flashtorch.cli import main
+
+    seen = {}
+
+    class FakeExplainer:
+        def __init__(self, models, **kwargs):
+            seen["models"], seen["kwargs"] = list(models), kwargs
+            self.model_names = list(models)
+
+        def warm_up(self):
+            seen["warm"] = True
+
+    monkeypatch.setattr(core, "Explainer", FakeExplainer)
+    monkeypatch.setattr(page, "launch", lambda e, **kw: seen.update(launch=kw))
+    argv = ["serve", "-q", "--model", "a", "--model", "b", "--max-upload-mb", "2"]
+    argv += ["--max-pixels", "1e6", "--port", "8123", "--pretrained", "--device", "cpu"]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert seen["models"] == ["a", "b"] and seen["warm"]
+    kwargs = seen["kwargs"]
+    assert kwargs["max_upload_mb"] == 2 and kwargs["max_pixels"] == 1_000_000
+    assert kwargs["pretrained"] is True and kwargs["trust_pickle"] is False
+    assert seen["launch"] == {"host": "127.0.0.1", "port": 8123, "concurrency": 1}
+
+
 @pytest.mark.slow
 @needs_gradio
 @needs_pretrained

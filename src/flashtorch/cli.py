@@ -1551,6 +1551,16 @@ def methods() -> None:
     metavar="DEVICE",
     help="cpu, cuda, cuda:N, mps, or auto (cuda when available).",
 )
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="torchvision:/timm: models: the default pretrained weights from the local cache.",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow a whole pickled model file among --model (trusted files only).",
+)
 @_common_options
 @click.pass_context
 def serve(
@@ -1562,6 +1572,8 @@ def serve(
     max_pixels: float,
     concurrency: int,
     device: str,
+    pretrained: bool,
+    trust_pickle: bool,
 ) -> None:
     """Serve a page (gradio) to explain the models' decisions interactively.
 
@@ -1582,6 +1594,8 @@ def serve(
         device=dev,
         max_upload_mb=max_upload_mb,
         max_pixels=int(max_pixels),
+        pretrained=pretrained,
+        trust_pickle=trust_pickle,
     )
     explainer.warm_up()
     served = ", ".join(explainer.model_names)

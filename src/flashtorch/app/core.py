@@ -172,6 +172,10 @@ class Explainer:
         max_pixels: largest upload in pixels (width x height).
         out_dir: where the PNG / NPY downloads are written (default: a new temporary folder).
         cmap: the colour map of the overlays.
+        pretrained: ``torchvision:`` / ``timm:`` specs load their default pretrained weights
+            from the local cache (as ``flashtorch explain --pretrained``).
+        trust_pickle: allow a whole pickled model file among ``models`` (the command line's
+            ``--trust-pickle``; the page never names a file).
 
     Raises:
         ModelLoadError: a spec that does not resolve.
@@ -187,6 +191,8 @@ class Explainer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         out_dir: str | os.PathLike[str] | None = None,
         cmap: str = "jet",
+        pretrained: bool = False,
+        trust_pickle: bool = False,
     ) -> None:
         from ..models import resolve_model
 
@@ -205,7 +211,9 @@ class Explainer:
         self._count = 0
         self.models: dict[str, ModelEntry] = {}
         for spec in specs:
-            loaded = resolve_model(spec, device=self.device)
+            loaded = resolve_model(
+                spec, pretrained=pretrained, trust_pickle=trust_pickle, device=self.device
+            )
             cfg = loaded.config
             self.models[spec] = ModelEntry(
                 spec,

@@ -139,7 +139,7 @@ def build_app(explainer: Explainer) -> Any:
         upload: str | None, example: str | None, method: str, model_a: str, model_b: str
     ) -> tuple[Any, ...]:
         image = pick_image(upload, example)
-        out = []
+        out: list[Any] = []
         for model in (model_a, model_b):
             result = explainer.explain(image, model, [method], None, None, write_files=False)
             item = result.maps[0]
