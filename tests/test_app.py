@@ -126,6 +126,23 @@ def explainer_class_choices(entry):
     return class_choices(entry)
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed"
+)
+def test_two_models_each_with_its_own_layers_and_maps(tmp_path):
+    if not has_pretrained():
+        pytest.skip("the 'pretrained' extra is not installed (bundled model)")
+    from flashtorch.app.core import Explainer
+
+    with pytest.warns(UserWarning, match="random weights"):
+        two = Explainer(["efficientnet_lite0", "torchvision:resnet18"], out_dir=tmp_path)
+    assert two.model_names == ["efficientnet_lite0", "torchvision:resnet18"]
+    assert two.layers("torchvision:resnet18")[1] == "layer4"
+    assert two.layers("efficientnet_lite0")[1] != "layer4"
+    result = two.explain(CHELSEA, "torchvision:resnet18", ["gradcam"], write_files=False)
+    assert result.model == "torchvision:resnet18" and result.maps[0].layer == "layer4"
+
+
 def test_a_text_file_is_refused_with_a_message(explainer, text_file):
     with pytest.raises(ImageLoadError, match="only images are accepted") as info:
         explainer.explain(text_file, None, ["guided"])
@@ -361,6 +378,8 @@ def test_the_page_in_headless_chromium(server, text_file):
             page = browser.new_page(viewport={"width": 1366, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             page.locator("#upload input[type=file]").set_input_files(str(CHELSEA))
             page.get_by_label("guided", exact=True).check()
@@ -396,6 +415,8 @@ def test_the_page_in_headless_chromium(server, text_file):
             page.locator("#explain").click()
             page.get_by_text("only images are accepted").first.wait_for(timeout=30_000)
             assert not errors, errors
+            local = f"http://127.0.0.1:{port}/"
+            assert [u for u in requests if not u.startswith((local, "data:", "blob:"))] == []
         finally:
             browser.close()
 
