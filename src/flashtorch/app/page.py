@@ -217,6 +217,9 @@ def build_app(explainer: Explainer) -> Any:
             inputs = [upload, example, model, chosen, target, layer]
             outputs = [seen, top5, maps, files, timings]
             running = button.click(explain, inputs, outputs, api_name="explain")
+            # one image at a time: an upload clears the example and the other way round
+            upload.upload(lambda _f: None, [upload], [example], api_name=False)
+            example.input(lambda _e: None, [example], [upload], api_name=False)
             model.change(on_model, [model], [target, layer], api_name=False)
 
             def choose(label: str | None) -> Any:
@@ -256,6 +259,8 @@ def build_app(explainer: Explainer) -> Any:
                             format="png",
                         )
                         c_top_b = gr.Markdown()
+            c_upload.upload(lambda _f: None, [c_upload], [c_example], api_name=False)
+            c_example.input(lambda _e: None, [c_example], [c_upload], api_name=False)
             c_button.click(
                 compare,
                 [c_upload, c_example, c_method, c_a, c_b],
