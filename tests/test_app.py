@@ -304,6 +304,22 @@ def test_no_server_file_is_reachable_by_a_crafted_request(server):
             assert info.value.code in (403, 404), url
 
 
+@needs_gradio
+def test_the_api_refuses_a_server_path_as_the_upload(server):
+    import json
+
+    _app, port = server
+    base = f"http://127.0.0.1:{port}/gradio_api/call/explain"
+    crafted = {"path": str(CHELSEA), "meta": {"_type": "gradio.FileData"}}  # not uploaded
+    body = json.dumps({"data": [crafted, None, None, ["gradcam"], None, "default"]}).encode()
+    request = urllib.request.Request(base, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        event = json.loads(answer.read())["event_id"]
+    with urllib.request.urlopen(f"{base}/{event}", timeout=60) as answer:
+        stream = answer.read().decode()
+    assert "event: error" in stream and "event: complete" not in stream, stream
+
+
 def _client(port: int):
     from gradio_client import Client
 
