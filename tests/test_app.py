@@ -430,6 +430,13 @@ def test_the_page_in_headless_chromium(server, text_file):
             page.locator("#upload input[type=file]").set_input_files(str(text_file))
             page.locator("#explain").click()
             page.get_by_text("only images are accepted").first.wait_for(timeout=30_000)
+            # Compare models: one image, one method (gradcam), the two models side by side
+            page.get_by_role("tab", name="Compare models").click()
+            page.locator("#c_upload input[type=file]").set_input_files(str(CHELSEA))
+            page.locator("#compare").click()
+            for side in ("#c_map_a", "#c_map_b"):
+                page.locator(f"{side} img").first.wait_for(timeout=60_000)
+            assert "gradcam" in page.locator("#c_map_a").inner_text()
             assert not errors, errors
             local = f"http://127.0.0.1:{port}/"
             assert [u for u in requests if not u.startswith((local, "data:", "blob:"))] == []

@@ -234,16 +234,17 @@ def build_app(explainer: Explainer) -> Any:
         with gr.Tab("Compare models"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    c_upload = gr.File(label="Image", type="filepath")
+                    c_upload = gr.File(label="Image", type="filepath", elem_id="c_upload")
                     c_example = gr.Dropdown(examples, value=None, label="or a bundled example")
                     c_method = gr.Dropdown(methods, value="gradcam", label="Method")
                     c_a = gr.Dropdown(models, value=models[0], label="Model A")
                     c_b = gr.Dropdown(models, value=models[-1], label="Model B")
-                    c_button = gr.Button("Compare", variant="primary")
+                    c_button = gr.Button("Compare", variant="primary", elem_id="compare")
                 with gr.Column(scale=2), gr.Row():
                     with gr.Column():
                         c_map_a = gr.Gallery(
                             label="Model A",
+                            elem_id="c_map_a",
                             columns=1,
                             height="auto",
                             object_fit="contain",
@@ -253,6 +254,7 @@ def build_app(explainer: Explainer) -> Any:
                     with gr.Column():
                         c_map_b = gr.Gallery(
                             label="Model B",
+                            elem_id="c_map_b",
                             columns=1,
                             height="auto",
                             object_fit="contain",
