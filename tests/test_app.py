@@ -376,7 +376,7 @@ def test_gradio_client_explains_and_refuses(server, explainer, text_file, tmp_pa
 
 @pytest.mark.slow
 @needs_gradio
-def test_the_page_in_headless_chromium(server, text_file):
+def test_the_page_in_headless_chromium(server, text_file, tmp_path):
     from .test_report_browser import CHROMIUM, CHROMIUM_ARGS
 
     if CHROMIUM is None:
@@ -418,8 +418,14 @@ def test_the_page_in_headless_chromium(server, text_file):
                 assert _not_blank(np.asarray(Image.open(BytesIO(shot)).convert("RGB")))
             top5 = page.locator("#top5").inner_text()
             assert any(cat in top5 for cat in CATS), top5
-            out = ROOT / "docs" / "images" / "serve.png"
+            # the README's screenshot is rewritten only on request (a test never edits the repo)
+            out = (
+                ROOT / "docs" / "images" / "serve.png"
+                if os.environ.get("FLASHTORCH_UPDATE_SCREENSHOTS") == "1"
+                else tmp_path / "serve.png"
+            )
             page.screenshot(path=str(out), full_page=True)
+            assert out.stat().st_size > 0
 
             # a click on a top-5 class explains that class at once
             page.locator("#top5").get_by_text("tabby (281)").click()
