@@ -80,9 +80,9 @@ def test_light_commands_do_not_import_torch():
     code = (
         "import sys\n"
         "from flashtorch.cli import main\n"
-        "heavy = ('torch', 'numpy', 'matplotlib', 'PIL', 'tqdm')\n"
+        "heavy = ('torch', 'numpy', 'matplotlib', 'PIL', 'tqdm', 'gradio')\n"
         "for args in (['--help'], ['--version'], ['classes', 'owl'], ['methods'],\n"
-        "             ['explain', '--help']):\n"
+        "             ['explain', '--help'], ['serve', '--help']):\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit as exc:\n"

@@ -12,6 +12,7 @@ Subcommands::
     flashtorch methods
     flashtorch activmax --layer L --channels 0-7 [--steps N] [--size PX] [--out DIR]
     flashtorch dream IMAGE --layer L [--channel C] [--steps N] [--out DIR]
+    flashtorch serve [--model M ...] [--host 127.0.0.1] [--port 7860]  (extra: app)
 
 Errors. Every mistake prints ONE line on stderr (``flashtorch: error: ...``) that says what to
 do, and no traceback unless ``--debug`` is given. Exit status:
@@ -1494,6 +1495,112 @@ def methods() -> None:
     for name, summary, needs_layer in METHOD_INDEX:
         flag = " [layer]" if needs_layer else ""
         click.echo(f"{name:<{width}}  {summary}{flag}")
+
+
+# --------------------------------------------------------------------------------------------
+# serve
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="An interactive page to explore the model (needs flashtorch[app]).")
+@click.option(
+    "-m",
+    "--model",
+    "model_specs",
+    multiple=True,
+    metavar="M",
+    help=f"A model the page offers (repeatable; the first is the default; default: "
+    f"{DEFAULT_MODEL}). Same forms as 'flashtorch explain --model'; the page itself can "
+    "only choose among these.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind. Anything but 127.0.0.1 / localhost makes the page reachable "
+    "from other machines (a warning says so).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="TCP port."
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Largest upload in megabytes.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.FloatRange(min=1),
+    default=25e6,
+    show_default=True,
+    help="Largest upload in pixels (width x height), checked before decoding.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Explanations run at once; the others wait in the queue.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="DEVICE",
+    help="cpu, cuda, cuda:N, mps, or auto (cuda when available).",
+)
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="torchvision:/timm: models: the default pretrained weights from the local cache.",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow a whole pickled model file among --model (trusted files only).",
+)
+@_common_options
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    model_specs: tuple[str, ...],
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    max_pixels: float,
+    concurrency: int,
+    device: str,
+    pretrained: bool,
+    trust_pickle: bool,
+) -> None:
+    """Serve a page (gradio) to explain the models' decisions interactively.
+
+    Explain: upload an image (or pick a bundled example), choose the model, methods, class
+    and CAM layer, and see the maps side by side, each downloadable as PNG and .npy.
+    Compare models: one image, one method, two models side by side. The page binds
+    127.0.0.1 unless --host says otherwise; it accepts only images within the limits and
+    never loads a model, path or pickle of its own. Stop it with Ctrl-C.
+    """
+    from .app.page import _gradio, launch
+
+    _gradio()  # a missing extra fails before the models load
+    from .app.core import Explainer
+
+    dev = resolve_device(device)
+    explainer = Explainer(
+        model_specs or (DEFAULT_MODEL,),
+        device=dev,
+        max_upload_mb=max_upload_mb,
+        max_pixels=int(max_pixels),
+        pretrained=pretrained,
+        trust_pickle=trust_pickle,
+    )
+    explainer.warm_up()
+    served = ", ".join(explainer.model_names)
+    _info(ctx, f"serving {served} on http://{host}:{port}/ (Ctrl-C stops)")
+    launch(explainer, host=host, port=port, concurrency=concurrency)
 
 
 # --------------------------------------------------------------------------------------------

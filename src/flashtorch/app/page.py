@@ -1,0 +1,318 @@
+"""The gradio page of ``flashtorch serve``: the Explain and Compare models tabs.
+
+Only this module imports gradio. The page calls :class:`~flashtorch.app.core.Explainer`, which
+calls the library's public API; every refusal becomes a message on the page (``gr.Error``),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import FlashTorchError, MissingDependencyError
+from .core import (
+    DEFAULT_LAYER,
+    DEFAULT_METHODS,
+    TOP_PREDICTION,
+    Explainer,
+    ExplainResult,
+    class_choices,
+    example_images,
+)
+
+_LOG = logging.getLogger("flashtorch.app")
+#: Hosts that only this machine reaches.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _gradio() -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no call home
+    try:
+        import gradio as gr
+    except ImportError:
+        raise MissingDependencyError(
+            'flashtorch serve needs gradio: pip install "flashtorch[app]"'
+        ) from None
+    return gr
+
+
+def _page_error(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every exception of ``func`` into a message on the page (``gr.Error``)."""
+    gr = _gradio()
+
+    @functools.wraps(func)  # gradio reads the signature (a gr.Progress default)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (FlashTorchError, FileNotFoundError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:  # the server's log has the traceback, the page one line
+            _LOG.exception("flashtorch serve: unexpected error")
+            raise gr.Error(
+                f"unexpected error ({type(exc).__name__}); see the server's log",
+                print_exception=False,
+            ) from None
+
+    return wrapped
+
+
+def _top5_choices(result: ExplainResult) -> list[tuple[str, str]]:
+    return [(f"{label}: {prob * 100:.1f}%", label) for _index, label, prob in result.top5]
+
+
+def _timings(result: ExplainResult) -> str:
+    lines = ["| method | class | layer | seconds |", "|---|---|---|---|"]
+    for item in result.maps:
+        lines.append(
+            f"| {item.method} | {item.target_label} | {item.layer or '-'} | {item.seconds:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def build_app(explainer: Explainer) -> Any:
+    """The page (a ``gradio.Blocks``) for ``explainer``'s models.
+
+    Args:
+        explainer: the models of the command line and the upload limits.
+
+    Returns:
+        A ``gradio.Blocks``; :func:`launch` serves it.
+    """
+    gr = _gradio()
+    models = explainer.model_names
+    first = explainer.entry(None)
+    methods = explainer.method_names()
+    examples = list(example_images())
+    limit = f"{explainer.max_upload_mb:g} MB, {explainer.max_pixels / 1e6:g} megapixels"
+
+    def pick_image(upload: str | None, example: str | None) -> str:
+        if upload:
+            return upload
+        if example:
+            return str(explainer.example(example))
+        return ""  # check_upload says what to do
+
+    @_page_error
+    def on_model(model: str) -> tuple[Any, Any]:
+        entry = explainer.entry(model)
+        layers = explainer.layer_choices(model)
+        return (
+            gr.update(choices=class_choices(entry), value=TOP_PREDICTION),
+            gr.update(choices=layers, value=DEFAULT_LAYER),
+        )
+
+    @_page_error
+    def explain(
+        upload: str | None,
+        example: str | None,
+        model: str,
+        chosen: list[str],
+        target: str | None,
+        layer: str | None,
+        progress: Any = gr.Progress(),  # noqa: B008 (gradio's way of asking for a bar)
+    ) -> tuple[Any, ...]:
+        def step(done: int, total: int, method: str) -> None:
+            progress(done / total, desc=f"{method} ({done + 1}/{total})")
+
+        result = explainer.explain(
+            pick_image(upload, example), model, chosen or [], target, layer, progress=step
+        )
+        gallery = [(item.panel, result.caption(item)) for item in result.maps]
+        files = [str(p) for item in result.maps for p in (item.png_path, item.npy_path) if p]
+        return (
+            result.image,
+            gr.update(choices=_top5_choices(result), value=None),
+            gallery,
+            files,
+            _timings(result),
+        )
+
+    @_page_error
+    def compare(
+        upload: str | None, example: str | None, method: str, model_a: str, model_b: str
+    ) -> tuple[Any, ...]:
+        image = pick_image(upload, example)
+        out: list[Any] = []
+        for model in (model_a, model_b):
+            result = explainer.explain(image, model, [method], None, None, write_files=False)
+            item = result.maps[0]
+            top = ", ".join(f"{label} {prob * 100:.1f}%" for _i, label, prob in result.top5[:3])
+            out.append([(item.panel, f"{model}: {result.caption(item)}")])
+            out.append(f"**{model}**: {top}")
+        return tuple(out)
+
+    # gradio's copies of uploads and results: files older than an hour go, checked hourly
+    with gr.Blocks(title="flashtorch", delete_cache=(3600, 3600)) as app:
+        gr.Markdown(
+            "# flashtorch: what does the model see?\n"
+            f"Uploads: images only, at most {limit}. Models: {', '.join(models)}."
+        )
+        with gr.Tab("Explain"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    upload = gr.File(label="Image", type="filepath", elem_id="upload")
+                    example = gr.Dropdown(
+                        examples,
+                        value=None,
+                        label="or a bundled example",
+                        elem_id="example",
+                    )
+                    model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
+                    chosen = gr.CheckboxGroup(
+                        methods,
+                        value=[m for m in DEFAULT_METHODS if m in methods],
+                        label="Methods",
+                        elem_id="methods",
+                    )
+                    target = gr.Dropdown(
+                        class_choices(first),
+                        value=TOP_PREDICTION,
+                        label="Target class (type to search)",
+                        filterable=True,
+                        elem_id="target",
+                    )
+                    layers = explainer.layer_choices(first.name)
+                    layer = gr.Dropdown(
+                        layers,
+                        value=DEFAULT_LAYER,
+                        label="CAM layer (the default marked)",
+                        filterable=True,
+                        elem_id="layer",
+                    )
+                    with gr.Row():
+                        button = gr.Button("Explain", variant="primary", elem_id="explain")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        seen = gr.Image(
+                            label="What the model sees", interactive=False, height=224, format="png"
+                        )
+                        top5 = gr.Radio(
+                            [],
+                            label="Top-5 predictions (click one to explain it)",
+                            elem_id="top5",
+                        )
+                    maps = gr.Gallery(
+                        label="Maps (overlay | raw map | colour bar)",
+                        columns=2,
+                        height="auto",
+                        object_fit="contain",
+                        format="png",
+                        elem_id="maps",
+                    )
+                    timings = gr.Markdown(elem_id="timings")
+                    files = gr.File(
+                        label="Downloads (PNG overlays, raw .npy maps)",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="downloads",
+                    )
+            inputs = [upload, example, model, chosen, target, layer]
+            outputs = [seen, top5, maps, files, timings]
+            running = button.click(explain, inputs, outputs, api_name="explain")
+            # one image at a time: an upload clears the example and the other way round
+            upload.upload(lambda _f: None, [upload], [example], api_name=False)
+            example.input(lambda _e: None, [example], [upload], api_name=False)
+            model.change(on_model, [model], [target, layer], api_name=False)
+
+            def choose(label: str | None) -> Any:
+                return gr.update(value=label or TOP_PREDICTION)
+
+            again = top5.input(choose, [top5], [target], api_name=False).then(
+                explain, inputs, outputs, api_name=False
+            )
+            # Stop: the page stops waiting and the queue moves on; a method already running
+            # finishes its current pass in the background (methods cannot be interrupted yet)
+            stop.click(None, None, None, cancels=[running, again], api_name=False)
+        with gr.Tab("Compare models"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    c_upload = gr.File(label="Image", type="filepath", elem_id="c_upload")
+                    c_example = gr.Dropdown(examples, value=None, label="or a bundled example")
+                    c_method = gr.Dropdown(methods, value="gradcam", label="Method")
+                    c_a = gr.Dropdown(models, value=models[0], label="Model A")
+                    c_b = gr.Dropdown(models, value=models[-1], label="Model B")
+                    c_button = gr.Button("Compare", variant="primary", elem_id="compare")
+                with gr.Column(scale=2), gr.Row():
+                    with gr.Column():
+                        c_map_a = gr.Gallery(
+                            label="Model A",
+                            elem_id="c_map_a",
+                            columns=1,
+                            height="auto",
+                            object_fit="contain",
+                            format="png",
+                        )
+                        c_top_a = gr.Markdown()
+                    with gr.Column():
+                        c_map_b = gr.Gallery(
+                            label="Model B",
+                            elem_id="c_map_b",
+                            columns=1,
+                            height="auto",
+                            object_fit="contain",
+                            format="png",
+                        )
+                        c_top_b = gr.Markdown()
+            c_upload.upload(lambda _f: None, [c_upload], [c_example], api_name=False)
+            c_example.input(lambda _e: None, [c_example], [c_upload], api_name=False)
+            c_button.click(
+                compare,
+                [c_upload, c_example, c_method, c_a, c_b],
+                [c_map_a, c_top_a, c_map_b, c_top_b],
+                api_name="compare",
+            )
+    return app
+
+
+def launch(
+    explainer: Explainer,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    concurrency: int = 1,
+    block: bool = True,
+) -> Any:
+    """Serve the page of :func:`build_app` (127.0.0.1 unless ``host`` says otherwise).
+
+    Args:
+        explainer: the models and limits.
+        host: the interface to bind; anything but the loopback is announced with a warning.
+        port: the TCP port.
+        concurrency: how many explanations run at once (the rest wait in the queue).
+        block: serve until interrupted (``False``: return at once, for tests).
+
+    Returns:
+        The ``gradio.Blocks``, running (call ``.close()`` to stop it).
+    """
+    if host not in LOCAL_HOSTS:
+        warnings.warn(
+            f"--host {host}: the page is reachable from other machines, and anyone who reaches "
+            "it can run the models; keep the default 127.0.0.1 unless you mean it",
+            UserWarning,
+            stacklevel=2,
+        )
+    app = build_app(explainer)
+    app.queue(default_concurrency_limit=int(concurrency), max_size=32)
+    app.launch(
+        server_name=host,
+        server_port=int(port),
+        max_file_size=explainer.max_upload_bytes,
+        allowed_paths=[],
+        show_error=False,
+        ssr_mode=False,
+        quiet=True,
+        prevent_thread_lock=not block,
+        footer_links=["api"],
+    )
+    return app
+
+
+__all__ = ["LOCAL_HOSTS", "build_app", "launch"]
