@@ -223,7 +223,7 @@ def test_timm_unfused_equals_reference():
 )
 def test_attention_rollout_options_equal_reference(fusion, discard):
     model, x = _timm_vit(), _input()
-    _check(
+    result = _check(
         model,
         x,
         TARGETS,
@@ -234,6 +234,9 @@ def test_attention_rollout_options_equal_reference(fusion, discard):
         head_fusion=fusion,
         discard_ratio=discard,
     )
+    # the options reach the computation: the map differs from the default (mean, no discard)
+    default = attribute(model, x, target=TARGETS, method="attention_rollout")
+    assert not torch.allclose(result.maps, default.maps)
 
 
 def test_deit_two_prefix_tokens_read_the_grid():
@@ -262,7 +265,9 @@ def test_dynamic_img_size_non_square_input():
     model, x = _timm_vit(dynamic_img_size=True), _input(h=24, w=40)
     ref = timm_reference(model, x, TARGETS)
     for method in METHOD_NAMES:
-        _check(model, x, TARGETS, ref, method, 1, (3, 5))
+        result = _check(model, x, TARGETS, ref, method, 1, (3, 5))
+        assert result.maps.shape == (2, 1, 24, 40)  # the input's own size, not the model's
+        assert result.extras["row"].shape[-1] == 1 + 3 * 5  # class token + the 3 x 5 grid
 
 
 def test_average_pooled_models_explain_the_mean_patch_row():
@@ -324,7 +329,10 @@ def test_torchvision_equals_reference(method):
         )
     )
     x = _input()
-    _check(model, x, TARGETS, torchvision_reference(model, x, TARGETS), method, 1, (4, 4))
+    result = _check(model, x, TARGETS, torchvision_reference(model, x, TARGETS), method, 1, (4, 4))
+    assert result.extras["row"].shape == (2, 1 + 16)
+    # the model is left as found: no hook on any module
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _hf_pair(implementation):

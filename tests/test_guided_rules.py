@@ -144,9 +144,13 @@ def test_partial_miss_still_applies_the_rule_to_known_rectifiers():
 def test_supported_rectifiers_raise_no_warning(kind, method):
     torch.manual_seed(0)
     model = KindNet(kind).eval()
+    x = torch.randn(1, 3, 16, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        attribute(model, torch.randn(1, 3, 16, 16), target=0, method=method)
+        maps = attribute(model, x, target=0, method=method).maps
+    # and the rule was applied: the map is not the plain gradient's
+    plain = attribute(model, x, target=0, method="gradient").maps
+    assert not torch.allclose(maps, plain)
 
 
 class ClampNet(nn.Module):

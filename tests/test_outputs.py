@@ -100,10 +100,10 @@ def test_the_predicted_class_of_any_output_kind(name, kind):
     net = small_cnn()
     options = FAST_OPTIONS.get(name, {})
     x = _x()
-    _same(
-        METHODS[name](Returns(net, kind), **options)(x),
-        METHODS[name](Returns(net, "plain"), **options)(x),
-    )
+    got = METHODS[name](Returns(net, kind), **options)(x)
+    expected = METHODS[name](Returns(net, "plain"), **options)(x)
+    _same(got, expected)
+    assert torch.equal(got.predicted, net(x).argmax(1))  # the class read off the logits
 
 
 CHUNKED = {  # several internal batches: the outputs are split and joined by rows
@@ -119,10 +119,9 @@ CHUNKED = {  # several internal batches: the outputs are split and joined by row
 def test_chunked_methods_join_outputs_by_rows(name, kind):
     net = small_cnn()
     x = _x(3)
-    _same(
-        METHODS[name](Returns(net, kind), **CHUNKED[name])(x, [1, 0, 4]),
-        METHODS[name](Returns(net, "plain"), **CHUNKED[name])(x, [1, 0, 4]),
-    )
+    got = METHODS[name](Returns(net, kind), **CHUNKED[name])(x, [1, 0, 4])
+    _same(got, METHODS[name](Returns(net, "plain"), **CHUNKED[name])(x, [1, 0, 4]))
+    assert got.maps.shape[0] == 3 and got.targets.tolist() == [1, 0, 4]  # rows kept in order
 
 
 @pytest.mark.parametrize(
@@ -215,10 +214,9 @@ def test_fast_paths_read_the_logits(kind):
     x = _x()
     for name in ("gradient", "guided", "integrated_gradients", "smoothgrad", "occlusion"):
         options = FAST_OPTIONS.get(name, {})
-        _same(
-            METHODS[name](Returns(net, kind), fast=True, **options)(x, 2),
-            METHODS[name](Returns(net, "plain"), fast=True, **options)(x, 2),
-        )
+        got = METHODS[name](Returns(net, kind), fast=True, **options)(x, 2)
+        _same(got, METHODS[name](Returns(net, "plain"), fast=True, **options)(x, 2))
+        assert got.targets.tolist() == [2] * x.shape[0]
 
 
 @pytest.mark.filterwarnings("ignore:The predicted class does not equal")

@@ -70,7 +70,9 @@ def test_torchvision_models_small(tmp_path):
 
 @pytest.mark.slow
 def test_torchvision_models_all(tmp_path):
-    _pngs(_main("tutorial_torchvision_models")(["--out", str(tmp_path), "--size", "96"]), 15)
+    paths = _main("tutorial_torchvision_models")(["--out", str(tmp_path), "--size", "96"])
+    _pngs(paths, 15)
+    assert len({p.name for p in paths}) == 15  # one figure per model, none overwritten
 
 
 def test_activation_maximization_small(tmp_path, capsys):
@@ -88,3 +90,4 @@ def test_activation_maximization_all_layers(tmp_path):
         ["--out", str(tmp_path), "--img-size", "64", "--num-iter", "2"]
     )
     _pngs(paths, 8, min_width=100)
+    assert len({p.name for p in paths}) == 8  # one figure per layer, none overwritten
