@@ -50,6 +50,13 @@ def tiny():
     )
 
 
+def zero_head():
+    model = tiny()
+    with torch.no_grad():
+        model[-1].weight.zero_()  # every logit constant: every gradient map exactly zero
+    return model
+
+
 def vit():
     import timm
 
@@ -768,3 +775,22 @@ def test_exit_codes():
     assert cli.exit_code_for(RuntimeError("x")) == 1
     assert cli.exit_code_for(KeyboardInterrupt()) == 130
     assert "\n" not in cli.describe(RuntimeError("two\nlines"))
+
+
+def test_an_all_zero_map_is_warned_about_once(models_module, tmp_path, capsys):
+    code, _, err = call(
+        capsys,
+        "explain",
+        CHELSEA,
+        "--model",
+        "clitestmodels:zero_head",
+        "--method",
+        "gradient",
+        "--size",
+        "32",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 0, err
+    zero = [line for line in err.splitlines() if "maps of image(s) 0 are all zero" in line]
+    assert len(zero) == 1, err  # the warm-up call's own warning is not repeated

@@ -823,7 +823,9 @@ def run_methods(
             if on_image is not None:
                 on_image(result)
         if start == 0:  # warm-up (lazy initialisation, kernel selection): keeps timings fair
-            get_method("gradient")(loaded.model)(x, target=target)
+            with warnings.catch_warnings():  # its guardrail warnings would repeat the real call's
+                warnings.simplefilter("ignore")
+                get_method("gradient")(loaded.model)(x, target=target)
         for name, method in list(instances.items()):
             _sync(loaded.device)
             t0 = time.perf_counter()
