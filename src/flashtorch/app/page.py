@@ -30,6 +30,20 @@ _LOG = logging.getLogger("flashtorch.app")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _model_column(gr: Any, label: str, elem_id: str) -> tuple[Any, Any]:
+    """One model's side of the Compare tab: its map gallery and its top classes."""
+    with gr.Column():
+        gallery = gr.Gallery(
+            label=label,
+            elem_id=elem_id,
+            columns=1,
+            height="auto",
+            object_fit="contain",
+            format="png",
+        )
+        return gallery, gr.Markdown()
+
+
 def _gradio() -> Any:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no call home
     try:
@@ -241,26 +255,10 @@ def build_app(explainer: Explainer) -> Any:
                     c_b = gr.Dropdown(models, value=models[-1], label="Model B")
                     c_button = gr.Button("Compare", variant="primary", elem_id="compare")
                 with gr.Column(scale=2), gr.Row():
-                    with gr.Column():
-                        c_map_a = gr.Gallery(
-                            label="Model A",
-                            elem_id="c_map_a",
-                            columns=1,
-                            height="auto",
-                            object_fit="contain",
-                            format="png",
-                        )
-                        c_top_a = gr.Markdown()
-                    with gr.Column():
-                        c_map_b = gr.Gallery(
-                            label="Model B",
-                            elem_id="c_map_b",
-                            columns=1,
-                            height="auto",
-                            object_fit="contain",
-                            format="png",
-                        )
-                        c_top_b = gr.Markdown()
+                    (c_map_a, c_top_a), (c_map_b, c_top_b) = (
+                        _model_column(gr, label, elem_id)
+                        for label, elem_id in (("Model A", "c_map_a"), ("Model B", "c_map_b"))
+                    )
             c_upload.upload(lambda _f: None, [c_upload], [c_example], api_name=False)
             c_example.input(lambda _e: None, [c_example], [c_upload], api_name=False)
             c_button.click(
