@@ -5,8 +5,8 @@ Subcommands::
     flashtorch explain IMAGE|DIR... [--model M] [--method NAME|all] [--target CLASS|INDEX]
                                 [--layer L] [--out DIR] [--format png|npy|both] [--device D]
     flashtorch report IMAGE... [--method ...] -o report.html
-    flashtorch report --run DIR -o report.html
-    flashtorch run SOURCE --method NAME,... --out DIR [--model M] [--target ...] [--overwrite]
+    flashtorch report --run DIR|URL -o report.html [--storage-option KEY=VALUE]
+    flashtorch run SOURCE --method NAME,... --out DIR|URL [--model M] [--target ...] [--overwrite]
     flashtorch classes QUERY
     flashtorch layers [--model M]
     flashtorch methods
@@ -40,7 +40,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -451,6 +451,39 @@ def parse_options(values: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             options[key] = raw.strip()
     return options
+
+
+def parse_storage_options(values: Sequence[str]) -> dict[str, Any]:
+    """``--storage-option KEY=VALUE`` (repeatable) -> the fsspec storage options of a URL.
+
+    Values are Python literals (``anon=True``, ``client_kwargs={'region_name': 'eu-west-1'}``)
+    or strings (``profile=prod``).
+    """
+    import ast
+
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            _usage(f"--storage-option {item!r}: write KEY=VALUE, e.g. --storage-option anon=True")
+        try:
+            options[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            options[key] = raw.strip()
+    return options
+
+
+def _storage_options_for(location: str, values: Sequence[str], flag: str) -> dict[str, Any]:
+    """The parsed ``--storage-option``s, refused for a local folder."""
+    from .runs.store import is_url
+
+    if values and not is_url(location):
+        _usage(
+            f"--storage-option applies to an fsspec URL (s3://..., gs://...), not to the "
+            f"local folder {flag} {location!r}"
+        )
+    return parse_storage_options(values)
 
 
 def _accepts(cls: type, key: str) -> bool:
@@ -900,6 +933,15 @@ _OPT_OPTION = click.option(
     help="Method option, e.g. --opt n_samples=8 (repeatable; given to each selected method "
     "that takes it).",
 )
+_STORAGE_OPTION = click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="For a URL run (s3://..., gs://...): an option of its fsspec file system, e.g. "
+    "--storage-option profile=prod or anon=True (repeatable; credentials otherwise come "
+    "from the protocol's usual environment variables and files).",
+)
 _BATCH_OPTION = click.option(
     "--batch-size",
     type=click.IntRange(1, 1024),
@@ -1059,11 +1101,11 @@ def explain(
 @click.option(
     "--run",
     "run_dir",
-    metavar="DIR",
-    type=click.Path(path_type=Path),
+    metavar="DIR|URL",
     help="Report a run made by 'flashtorch run' instead of IMAGE...: aggregate "
-    "table and a sample of its images.",
+    "table and a sample of its images (a folder or an fsspec URL).",
 )
+@_STORAGE_OPTION
 @_model_options
 @click.option(
     "--methods",
@@ -1097,7 +1139,8 @@ def report(
     ctx: click.Context,
     images: tuple[str, ...],
     output: Path,
-    run_dir: Path | None,
+    run_dir: str | None,
+    storage_options: tuple[str, ...],
     model_spec: str,
     device: str,
     trust_pickle: bool,
@@ -1123,8 +1166,11 @@ def report(
     if run_dir is not None:
         if normalize != "per-image":
             _usage("--normalize global applies to a report of IMAGE..., not of --run DIR")
-        _report_run(ctx, images, run_dir, output, title, cmap, alpha)
+        options = _storage_options_for(run_dir, storage_options, "--run")
+        _report_run(ctx, images, run_dir, output, title, cmap, alpha, options)
         return
+    if storage_options:
+        _usage("--storage-option applies to --run URL")
     if not images:
         _usage("give IMAGE... to explain, or --run DIR to report a run")
 
@@ -1225,11 +1271,12 @@ def report(
 def _report_run(
     ctx: click.Context,
     images: Sequence[str],
-    run_dir: Path,
+    run_dir: str,
     output: Path,
     title: str,
     cmap: str,
     alpha: float,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     from matplotlib import colormaps
 
@@ -1239,16 +1286,26 @@ def _report_run(
         _usage("give either IMAGE... or --run DIR, not both")
     if cmap not in colormaps:
         _usage(f"--cmap {cmap!r} is not a matplotlib colour map (e.g. jet, viridis, inferno)")
-    if not (run_dir / "maps.zarr").is_dir():
+    from .runs.store import RunStore, is_url
+
+    if is_url(run_dir):
+        found = RunStore(run_dir, storage_options).exists()
+    else:
+        found = (Path(run_dir) / "maps.zarr").is_dir()
+    if not found:
         _usage(
-            f"--run {str(run_dir)!r} holds no run (no maps.zarr inside); make one with "
-            "'flashtorch run'"
+            f"--run {run_dir!r} holds no run (no maps.zarr inside); make one with 'flashtorch run'"
         )
     check_output_file(output)
     from .runs.report import build_run_report
 
     html = build_run_report(
-        run_dir, command=_command_line(ctx), title=title, cmap=cmap, alpha=alpha
+        run_dir if is_url(run_dir) else Path(run_dir),
+        command=_command_line(ctx),
+        title=title,
+        cmap=cmap,
+        alpha=alpha,
+        storage_options=storage_options,
     )
     write_report(output, html)
     _info(ctx, f"wrote {output} ({len(html) / 1e6:.1f} MB)")
@@ -1291,10 +1348,11 @@ def _run_target(value: str | None) -> int | str | None:
     "--out",
     "out_dir",
     required=True,
-    metavar="DIR",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory: DIR/maps.zarr and DIR/manifest.parquet.",
+    metavar="DIR|URL",
+    help="Run directory: DIR/maps.zarr and DIR/manifest.parquet; a local folder or an "
+    "fsspec URL (s3://bucket/run, gs://..., file:///shared/run).",
 )
+@_STORAGE_OPTION
 @click.option(
     "-t",
     "--target",
@@ -1356,7 +1414,8 @@ def run(
     device: str,
     trust_pickle: bool,
     methods: tuple[str, ...],
-    out_dir: Path,
+    out_dir: str,
+    storage_options: tuple[str, ...],
     target: str | None,
     layer: str | None,
     opts: tuple[str, ...],
@@ -1377,6 +1436,7 @@ def run(
     Resumable: run the same command again after an interruption (even a kill) and it
     finishes the missing images only. Under 'torchrun --nproc-per-node N -m flashtorch run
     ...' each process takes a disjoint share (cuda:LOCAL_RANK, or the CPU with gloo).
+    DIR may be an fsspec URL (s3://bucket/run...) that every node writes to directly.
     """
     from .runs import run as run_dataset
     from .runs.engine import METRICS
@@ -1391,16 +1451,21 @@ def run(
         raise FileNotFoundError(f"no folder or list file at {source!r}; check the path")
     if device != "auto":
         resolve_device(device)
-    from .runs.store import require_runs_extra
+    from .runs.store import is_url, require_fsspec, require_runs_extra
 
     require_runs_extra()  # a missing extra fails before the output folder is made
-    check_output_dir(out_dir)
+    store_options = _storage_options_for(out_dir, storage_options, "--out")
+    out: str | Path = out_dir
+    if is_url(out_dir):
+        require_fsspec()  # the store is checked (and made) by rank 0 in the run
+    else:
+        out = check_output_dir(Path(out_dir))
     rank0 = os.environ.get("RANK", "0") in ("", "0")
     summary = run_dataset(
         model_spec,
         source,
         options,
-        out_dir,
+        out,
         target=_run_target(target),
         batch_size=batch_size,
         num_workers=workers,
@@ -1414,6 +1479,7 @@ def run(
         progress=not _quiet(ctx) and rank0,
         trust_pickle=trust_pickle,
         pretrained=bool(ctx.meta.get("flashtorch.pretrained")),
+        storage_options=store_options or None,
     )
     if rank0:
         _info(ctx, summary.line())

@@ -57,7 +57,7 @@ class RunSummary:
     """What a run did.
 
     Attributes:
-        out: the run directory.
+        out: the run directory (a ``Path``), or its URL (a string).
         images: ``N``, the number of inputs.
         ok: rows with status ``ok``.
         errors: rows with status ``error``.
@@ -66,7 +66,7 @@ class RunSummary:
         complete: every row is done (the manifest holds all ``N``).
     """
 
-    out: Path
+    out: Path | str
     images: int
     ok: int
     errors: int
@@ -540,6 +540,7 @@ def run(
     progress: bool = True,
     trust_pickle: bool = False,
     pretrained: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Stream every input of ``source`` through ``methods`` into ``out`` (resumable).
 
@@ -557,7 +558,9 @@ def run(
         source: a folder (recursive), a list file (``path[,target]`` per line) or a map-style
             ``torch.utils.data.Dataset`` yielding an image or ``(image, target, ...)``.
         methods: method names, ``"a,b"``, or ``{name: options}``.
-        out: the run directory.
+        out: the run directory: a local folder, or an fsspec URL (``s3://bucket/run``,
+            ``gs://...``, ``file:///shared/run``, ``memory://run``; needs fsspec and the
+            protocol's package, e.g. s3fs), which every process and node writes to directly.
         target: ``None`` (each image's predicted class), a class index or name, ``"column"``
             (the list file's second column, or a Dataset item's target), ``"folder"`` (the
             class sub-folder's name, looked up in the model's class index), or a callable
@@ -581,12 +584,15 @@ def run(
         pretrained: for a ``torchvision:`` / ``timm:`` spec, the default pretrained weights from
             the local cache (see :func:`flashtorch.models.resolve_model`); without them (or
             ``:WEIGHTS``) the model has random weights, announced with a ``UserWarning``.
+        storage_options: for a URL ``out``, the options of its fsspec file system
+            (credentials, endpoint, ...), e.g. ``{"key": ..., "secret": ...}`` for s3fs.
 
     Returns:
         A :class:`RunSummary` (on every rank).
 
     Raises:
-        MissingDependencyError: zarr or pyarrow is missing (``pip install "flashtorch[runs]"``).
+        MissingDependencyError: zarr or pyarrow is missing (``pip install "flashtorch[runs]"``),
+            or fsspec or the package of a URL's protocol (s3fs...).
         RunConflictError: ``out`` holds a run made with other settings.
         MethodError: unknown method or option. TargetError: a target the model cannot have.
         InputError: bad arguments or an empty source.
@@ -612,6 +618,7 @@ def run(
         raise InputError(f"metric_step must be in (0, 1], got {metric_step!r}")
     specs = _method_specs(methods, method_options)
     src = resolve_source(source)
+    store = RunStore(out, storage_options)  # a bad URL or a missing fsspec fails here
 
     ctx = distributed.init(device)
     log = None
@@ -676,7 +683,6 @@ def run(
             "versions": _versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        store = RunStore(out)
         restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
         plan: Any = None
         if ctx.rank == 0:
@@ -741,7 +747,7 @@ def run(
         ctx.barrier()
         statuses = [r.get("status") for r in records.values()]
         return RunSummary(
-            Path(out),
+            store.location,
             len(src),
             statuses.count("ok"),
             statuses.count("error"),

@@ -17,7 +17,7 @@ class Run:
     """A run on disk: its manifest in memory, its maps read lazily.
 
     Attributes:
-        path: the run directory.
+        path: the run directory (a ``Path``), or its URL (a string).
         manifest: a pandas ``DataFrame``, one row per input, in index order (rows not done
             yet, in an unfinished run, have ``status="missing"``).
         maps: method name -> ``zarr.Array`` of shape ``(N, C|1, H, W)``: indexing reads only
@@ -26,7 +26,7 @@ class Run:
         complete: whether every row is done.
     """
 
-    path: Path
+    path: Path | str
     manifest: Any
     maps: Mapping[str, Any]
     settings: dict[str, Any]
@@ -50,21 +50,28 @@ class Run:
         return int(self.settings.get("n", len(self.manifest)))
 
 
-def open_run(path: str | os.PathLike[str]) -> Run:
-    """Open a run directory made by :func:`flashtorch.run` or ``flashtorch run``.
+def open_run(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> Run:
+    """Open a run directory (or URL) made by :func:`flashtorch.run` or ``flashtorch run``.
 
     Reads ``manifest.parquet`` (or, for a run still going or interrupted, the progress logs)
     and opens the maps without reading them.
 
     Args:
-        path: the run directory.
+        path: the run directory, or its fsspec URL (``s3://bucket/run``, ``file://...``).
+        storage_options: for a URL, the options of its fsspec file system (credentials...).
 
     Returns:
         A :class:`Run`.
 
     Raises:
         FileNotFoundError: ``path`` holds no run.
-        MissingDependencyError: zarr, pyarrow or pandas is missing.
+        MissingDependencyError: zarr, pyarrow or pandas is missing (or fsspec, for a URL).
+
+    Example:
+        >>> run = flashtorch.open_run("s3://bucket/val-run",
+        ...                           storage_options={"anon": True})  # doctest: +SKIP
     """
     zarr, _ = require_runs_extra()
     try:
@@ -73,21 +80,19 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         raise MissingDependencyError(
             'open_run returns a pandas DataFrame; install it with: pip install "flashtorch[runs]"'
         ) from exc
-    root = Path(path)
-    store = RunStore(root)
+    store = RunStore(path, storage_options)
+    root = store.location
     if not store.exists():
         raise FileNotFoundError(
             f"no flashtorch run in {str(root)!r} (expected {MAPS}/ inside it); make one with "
             "flashtorch.run(...) or 'flashtorch run'"
         )
     settings = store.settings()
-    group = zarr.open_group(str(root / MAPS), mode="r")
+    group = store.open_maps()
     methods = list(settings.get("methods", {}))
     maps = {name: group[name] for name in methods if name in group}
-    if store.manifest_path.is_file():
-        import pyarrow.parquet as pq
-
-        manifest = pq.read_table(store.manifest_path).to_pandas()
+    if store.has_manifest():
+        manifest = store.read_manifest().to_pandas()
     else:
         from .engine import manifest_columns
 

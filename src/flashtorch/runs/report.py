@@ -153,11 +153,15 @@ def build_run_report(
     cmap: str = "jet",
     alpha: float = 0.75,
     per_group: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """The HTML report of the run in ``path`` (see the module docstring)."""
+    """The HTML report of the run in ``path`` (see the module docstring).
+
+    ``path`` may be an fsspec URL, with ``storage_options`` for its file system.
+    """
     from ..report import ImageEntry, MapPanel, Prediction, build_report, image_rgb, overlay_rgb
 
-    run = open_run(path)
+    run = open_run(path, storage_options=storage_options)
     shape = run.settings.get("input_shape", [3, 224, 224])
     frame = run.manifest.set_index("index", drop=False)
     entries = []
@@ -201,7 +205,7 @@ def build_run_report(
         "shown": f"{len(entries)} (a sample: most and least confident, most disagreement)",
         "model": run.settings.get("model", ""),
         "methods": ", ".join(run.methods),
-        "run": str(Path(path)),
+        "run": str(run.path),
         "complete": "yes" if run.complete else "no (unfinished run)",
     }
     return build_report(
