@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -220,6 +221,7 @@ def test_two_threads_each_see_only_their_own_progress():
         for t in threads:
             t.join(120)
     assert not errors, errors
-    assert main == []
+    if not getattr(sys.flags, "thread_inherit_context", 0):  # Python 3.14's opt-in
+        assert main == []  # a new thread starts with an empty context: no callback
     _check_monotone(seen["ig"], "integrated_gradients", 16)
     _check_monotone(seen["occ"], "occlusion", 18)
