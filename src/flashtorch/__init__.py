@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 __version__ = "1.0.0"
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from . import activmax, attention, cam, metrics, saliency
+    from . import activmax, attention, cam, metrics, progress, saliency
     from ._fast import clear_fast_cache, fold_batchnorm
     from ._graphs import GraphedMethod, graphed
     from .api import attribute
@@ -45,6 +45,7 @@ __all__ = [
     "attention",
     "cam",
     "metrics",
+    "progress",
     "saliency",
     "METHODS",
     "Attribution",
@@ -69,6 +70,7 @@ _LAZY: dict[str, str | None] = {
     "attention": None,
     "cam": None,
     "metrics": None,
+    "progress": None,  # light: no method family is imported for it
     "saliency": None,
     "METHODS": "attribution",
     "Attribution": "attribution",
@@ -106,7 +108,7 @@ def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = _LAZY[name]
-    if module != "runs":
+    if module != "runs" and name != "progress":
         load_methods()
     if module is None:
         return importlib.import_module(f"{__name__}.{name}")

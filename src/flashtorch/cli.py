@@ -1647,7 +1647,9 @@ def serve(
 
     Explain: upload an image (or pick a bundled example), choose the model, methods, class
     and CAM layer, and see the maps side by side, each downloadable as PNG and .npy.
-    Compare models: one image, one method, two models side by side. The page binds
+    Compare models: one image, one method, two models side by side. Feature
+    visualisation: render a layer's channels or a class (Stop ends a long render, as it
+    ends a long method on Explain). The page binds
     127.0.0.1 unless --host says otherwise; it accepts only images within the limits and
     never loads a model, path or pickle of its own. Stop it with Ctrl-C.
     """

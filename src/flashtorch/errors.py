@@ -65,6 +65,14 @@ class MissingDependencyError(FlashTorchError, ImportError):
     """An optional dependency is needed; the message names the pip command."""
 
 
+class Cancelled(FlashTorchError):
+    """A long call was stopped by its progress callback (see :mod:`flashtorch.progress`).
+
+    Raised by the callback of :func:`flashtorch.progress.report_to` (or by its ``cancel``
+    event); the method stops at its next step and undoes its changes to the model first.
+    """
+
+
 __all__ = [
     "FlashTorchError",
     "InputError",
@@ -78,4 +86,5 @@ __all__ = [
     "MethodError",
     "ModelLoadError",
     "MissingDependencyError",
+    "Cancelled",
 ]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import progress as _report
 from ..errors import InputError
 from .objectives import LayerSpec, Objective, as_objective
 from .objectives import layer as layer_objective
@@ -124,7 +125,8 @@ def deepdream(
         normalize: the model's input normalisation (see :func:`~flashtorch.activmax.render`).
         seed: seeds the shifts (``None``: random).
         device: must match the model's device (default: the model's).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar. (Each step is also reported to
+            :func:`flashtorch.progress.report_to`, whose callback may cancel the call.)
         min_size: smallest octave side in pixels.
         callback: ``callback(step, images, values)`` after each step.
 
@@ -161,6 +163,7 @@ def deepdream(
         x = photo
         step = 0
         try:
+            _report.report(0, len(sizes) * steps, "deepdream")
             for hw in sizes:
                 base = F.interpolate(
                     photo, size=hw, mode="bilinear", align_corners=False, antialias=True
@@ -182,6 +185,7 @@ def deepdream(
                         callback(step, x, history[-1])
                     step += 1
                     bar.update(1)
+                    _report.report(step, len(sizes) * steps, "deepdream")
                 detail = x - base
                 snapshots.append(x.detach().clone())
         finally:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .. import progress as _report
 from .._surgery import HandleList, LayerRecorder, find_layer, model_device, preserved_state
 from ..errors import InputError, LayerError
 from .objectives import LayerSpec, Objective, as_objective
@@ -278,7 +279,8 @@ def render(
         seed: seeds the one ``torch.Generator`` used for initial noise and every transform
             (``None``: random). Same seed, same device -> same images.
         device: must match the model's device (default: the model's device).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar. (Each step is also reported to
+            :func:`flashtorch.progress.report_to`, whose callback may cancel the call.)
         lr: Adam's learning rate when ``optimizer`` is None (Lucid's 0.05).
         normalize: the model's input normalisation: ``"imagenet"`` (default), ``(mean, std)``, a
             callable, or ``None`` for models that take ``[0, 1]`` RGB.
@@ -314,6 +316,7 @@ def render(
         history: list[Tensor] = []
         bar = _progress(steps, progress, "render")
         try:
+            _report.report(0, steps, "render")
             with torch.enable_grad():
                 for step in range(steps):
                     opt.zero_grad(set_to_none=True)
@@ -326,6 +329,7 @@ def render(
                         with torch.no_grad():
                             callback(step, p().detach(), values.detach())
                     bar.update(1)
+                    _report.report(step + 1, steps, "render")
                     if step % 16 == 0 or step == steps - 1:
                         bar.set_postfix(objective=f"{history[-1].mean().item():.3g}")
         finally:

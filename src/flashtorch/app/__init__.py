@@ -3,7 +3,9 @@
 :class:`~flashtorch.app.core.Explainer` does the work without gradio (and is what the tests and
 the benchmark call); :func:`~flashtorch.app.page.build_app` and
 :func:`~flashtorch.app.page.launch` build and serve the page and are the only code that imports
-gradio (``pip install "flashtorch[app]"``). The library never imports this package.
+gradio (``pip install "flashtorch[app]"``). :func:`~flashtorch.app.features.render_features`
+is the Feature visualisation tab's function (also without gradio). The library never imports
+this package.
 
 Example:
     >>> from flashtorch.app import Explainer, launch   # doctest: +SKIP
@@ -18,6 +20,8 @@ _NAMES = {
     "Explainer": "core",
     "ExplainResult": "core",
     "MapOutput": "core",
+    "FeatureResult": "features",
+    "render_features": "features",
     "build_app": "page",
     "launch": "page",
 }

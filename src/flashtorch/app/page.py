@@ -1,4 +1,4 @@
-"""The gradio page of ``flashtorch serve``: the Explain and Compare models tabs.
+"""The gradio page of ``flashtorch serve``: the Explain, Compare and Feature visualisation tabs.
 
 Only this module imports gradio. The page calls :class:`~flashtorch.app.core.Explainer`, which
 calls the library's public API; every refusal becomes a message on the page (``gr.Error``),
@@ -8,13 +8,15 @@ never a traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import FlashTorchError, MissingDependencyError
+from ..errors import Cancelled, FlashTorchError, MissingDependencyError
 from .core import (
     DEFAULT_LAYER,
     DEFAULT_METHODS,
@@ -90,6 +92,251 @@ def _timings(result: ExplainResult) -> str:
     return "\n".join(lines)
 
 
+class StopTokens:
+    """Per-session cancel tokens: **Stop** sets the events of that session's running calls.
+
+    One per page (never shared between pages); keyed by gradio's session hash (one browser tab)
+    and a group (one tab's button), so Stop stops only the calls of its own tab of its own
+    visitor.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str], list[threading.Event]] = {}
+
+    def start(self, session: str, group: str) -> threading.Event:
+        """A new token for a call that starts now."""
+        event = threading.Event()
+        with self._lock:
+            self._running.setdefault((session, group), []).append(event)
+        return event
+
+    def finish(self, session: str, group: str, event: threading.Event) -> None:
+        """Forget the token of a call that ended."""
+        with self._lock:
+            events = self._running.get((session, group), [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._running.pop((session, group), None)
+
+    def stop(self, session: str, group: str) -> int:
+        """Set the tokens of the session's running calls of ``group``; how many there were."""
+        with self._lock:
+            events = list(self._running.get((session, group), []))
+        for event in events:
+            event.set()
+        return len(events)
+
+
+def _session(request: Any) -> str:
+    return str(getattr(request, "session_hash", None) or "no-session")
+
+
+def _stoppable(
+    tokens: StopTokens, group: str, stopped: Callable[[str], Any] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a page function stoppable by its tab's **Stop** button, its steps on its bar.
+
+    The wrapped function runs inside :func:`flashtorch.progress.report_to` with a per-call
+    token (:class:`StopTokens`) as ``cancel``: the library's long methods report each step to
+    the function's ``gr.Progress`` (its ``progress`` argument) and stop at the next step once
+    Stop is clicked. The :class:`~flashtorch.errors.Cancelled` that ends the call becomes
+    ``stopped(message)`` (default: a notice on the page and no output changed), never an error.
+    gradio gives the wrapper the request (a ``request: gr.Request`` parameter is added).
+    """
+    gr = _gradio()
+    from ..progress import report_to
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(func)
+        params = list(sig.parameters.values())
+        params.append(
+            inspect.Parameter(
+                "request",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None,
+                annotation=gr.Request,
+            )
+        )
+        new_sig = sig.replace(parameters=params)
+
+        @functools.wraps(func)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            bound = new_sig.bind(*args, **kwargs)
+            session = _session(bound.arguments.pop("request", None))
+            bar = bound.arguments.get("progress")
+
+            def step(done: int, total: int, what: str) -> None:
+                if callable(bar):
+                    bar((done, total), desc=what, unit="steps")
+
+            event = tokens.start(session, group)
+            try:
+                with report_to(step, cancel=event):
+                    return func(*bound.args, **bound.kwargs)
+            except Cancelled as exc:
+                message = f"Stopped: {exc}."
+                if stopped is not None:
+                    return stopped(message)
+                gr.Info(message)
+                return gr.skip()
+            finally:
+                tokens.finish(session, group, event)
+
+        wrapped.__signature__ = new_sig  # type: ignore[attr-defined]
+        wrapped.__annotations__ = {"request": gr.Request}  # what gradio reads to pass it
+        return wrapped
+
+    return decorate
+
+
+def _stop_button(gr: Any, button: Any, tokens: StopTokens, group: str) -> Any:
+    """Wire ``button`` to stop the running calls of ``group`` of the visitor's session."""
+
+    def stop(request: Any = None) -> None:
+        if not tokens.stop(_session(request), group):
+            gr.Info("Nothing is running.")
+
+    stop.__annotations__ = {"request": gr.Request}
+    # its own queue (concurrency id): a running call does not hold the Stop click back
+    return button.click(stop, None, None, api_name=False, concurrency_limit=None)
+
+
+def _feature_tab(gr: Any, explainer: Explainer, tokens: StopTokens) -> None:
+    """The Feature visualisation tab: a layer's channels or a class, rendered, with Stop."""
+    from .features import (
+        DEFAULT_CHANNELS,
+        DEFAULT_SIZE,
+        DEFAULT_STEPS,
+        MAX_SIZE,
+        MAX_STEPS,
+        MIN_SIZE,
+        class_menu,
+        conv_layers,
+        default_conv_layer,
+        render_features,
+    )
+
+    models = explainer.model_names
+    channels_mode, class_mode = "channels of a layer", "a class"
+
+    def layer_menu(model: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        layers = conv_layers(explainer, model)
+        default = default_conv_layer(layers)
+        menu = [(f"{n} ({c} channels){' (default)' * (n == default)}", n) for n, c in layers]
+        return menu, default
+
+    def stopped(message: str) -> tuple[Any, ...]:
+        return f"**{message}**", gr.skip(), gr.skip()
+
+    @_page_error
+    def on_model(model: str) -> tuple[Any, Any]:
+        menu, default = layer_menu(model)
+        classes = class_menu(explainer.entry(model))
+        return (
+            gr.update(choices=menu, value=default),
+            gr.update(choices=classes, value=classes[0] if classes else None),
+        )
+
+    @_page_error
+    @_stoppable(tokens, "features", stopped)
+    def feature_vis(
+        model: str,
+        mode: str,
+        layer: str | None,
+        channels: str,
+        target: str | None,
+        steps: float,
+        size: float,
+        progress: Any = gr.Progress(),  # noqa: B008 (gradio's way of asking for a bar)
+    ) -> tuple[Any, ...]:
+        progress(0.0, desc="render")
+        result = render_features(
+            explainer,
+            model,
+            layer,
+            channels,
+            target if mode == class_mode else None,
+            steps=int(steps),
+            size=int(size),
+        )
+        gallery = [(item.image, f"{item.label}: {item.objective:.3g}") for item in result.images]
+        files = [str(item.png_path) for item in result.images if item.png_path]
+        return f"Rendered {result.summary()}.", gallery, files
+
+    first = models[0]
+    menu, default = layer_menu(first)
+    classes = class_menu(explainer.entry(first))
+    with gr.Tab("Feature visualisation"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                f_model = gr.Dropdown(models, value=first, label="Model", elem_id="fv_model")
+                f_mode = gr.Radio(
+                    [channels_mode, class_mode],
+                    value=channels_mode,
+                    label="Render",
+                    elem_id="fv_mode",
+                )
+                f_layer = gr.Dropdown(
+                    menu,
+                    value=default,
+                    label="Layer (convolutions; type to search)",
+                    filterable=True,
+                    elem_id="fv_layer",
+                )
+                f_channels = gr.Textbox(
+                    DEFAULT_CHANNELS,
+                    label="Channels (0-3, 5 or 1,4,9)",
+                    elem_id="fv_channels",
+                )
+                f_target = gr.Dropdown(
+                    classes,
+                    value=classes[0] if classes else None,
+                    label="Class (type to search)",
+                    filterable=True,
+                    elem_id="fv_target",
+                )
+                f_steps = gr.Slider(
+                    1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="fv_steps"
+                )
+                f_size = gr.Slider(
+                    MIN_SIZE,
+                    MAX_SIZE,
+                    value=DEFAULT_SIZE,
+                    step=16,
+                    label="Size (px)",
+                    elem_id="fv_size",
+                )
+                with gr.Row():
+                    f_button = gr.Button("Render", variant="primary", elem_id="fv_render")
+                    f_stop = gr.Button("Stop", variant="stop", elem_id="fv_stop")
+            with gr.Column(scale=2):
+                f_status = gr.Markdown(elem_id="fv_status")
+                f_gallery = gr.Gallery(
+                    label="Images (caption: the objective's final value)",
+                    columns=4,
+                    height="auto",
+                    object_fit="contain",
+                    format="png",
+                    elem_id="fv_gallery",
+                )
+                f_files = gr.File(
+                    label="Downloads (PNG)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="fv_downloads",
+                )
+        f_model.change(on_model, [f_model], [f_layer, f_target], api_name=False)
+        f_button.click(
+            feature_vis,
+            [f_model, f_mode, f_layer, f_channels, f_target, f_steps, f_size],
+            [f_status, f_gallery, f_files],
+            api_name="feature_vis",
+        )
+        _stop_button(gr, f_stop, tokens, "features")
+
+
 def build_app(explainer: Explainer) -> Any:
     """The page (a ``gradio.Blocks``) for ``explainer``'s models.
 
@@ -105,6 +352,7 @@ def build_app(explainer: Explainer) -> Any:
     methods = explainer.method_names()
     examples = list(example_images())
     limit = f"{explainer.max_upload_mb:g} MB, {explainer.max_pixels / 1e6:g} megapixels"
+    tokens = StopTokens()  # Stop's per-session cancel tokens
 
     def pick_image(upload: str | None, example: str | None) -> str:
         if upload:
@@ -123,6 +371,7 @@ def build_app(explainer: Explainer) -> Any:
         )
 
     @_page_error
+    @_stoppable(tokens, "explain")
     def explain(
         upload: str | None,
         example: str | None,
@@ -230,7 +479,7 @@ def build_app(explainer: Explainer) -> Any:
                     )
             inputs = [upload, example, model, chosen, target, layer]
             outputs = [seen, top5, maps, files, timings]
-            running = button.click(explain, inputs, outputs, api_name="explain")
+            button.click(explain, inputs, outputs, api_name="explain")
             # one image at a time: an upload clears the example and the other way round
             upload.upload(lambda _f: None, [upload], [example], api_name=False)
             example.input(lambda _e: None, [example], [upload], api_name=False)
@@ -239,12 +488,11 @@ def build_app(explainer: Explainer) -> Any:
             def choose(label: str | None) -> Any:
                 return gr.update(value=label or TOP_PREDICTION)
 
-            again = top5.input(choose, [top5], [target], api_name=False).then(
+            top5.input(choose, [top5], [target], api_name=False).then(
                 explain, inputs, outputs, api_name=False
             )
-            # Stop: the page stops waiting and the queue moves on; a method already running
-            # finishes its current pass in the background (methods cannot be interrupted yet)
-            stop.click(None, None, None, cancels=[running, again], api_name=False)
+            # Stop: the running method stops at its next step (flashtorch.progress)
+            _stop_button(gr, stop, tokens, "explain")
         with gr.Tab("Compare models"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -267,6 +515,7 @@ def build_app(explainer: Explainer) -> Any:
                 [c_map_a, c_top_a, c_map_b, c_top_b],
                 api_name="compare",
             )
+        _feature_tab(gr, explainer, tokens)
     return app
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import progress
 from .._targets import AnyTarget, Target, logits_of, resolve
 from .._validate import check_positive_int
 from ..attribution import register
@@ -88,6 +89,7 @@ def scorecam_scores(
     flat = activation.reshape(batch * channels, 1, *activation.shape[2:])
     total = batch * channels
     scores = torch.empty(total, dtype=activation.dtype, device=activation.device)
+    progress.report(0, total, "scorecam")
     with torch.no_grad():
         for start in range(0, total, internal_batch_size):
             stop = min(start + internal_batch_size, total)
@@ -101,6 +103,7 @@ def scorecam_scores(
             out = model(inputs[rows] * masks.to(inputs.dtype))  # a float32 map, a half model
             s = score(out, rows)
             scores[start:stop] = s.to(scores.dtype)
+            progress.report(stop, total, "scorecam")  # masked inputs scored so far
     return scores.view(batch, channels)
 
 
@@ -130,7 +133,8 @@ class ScoreCAM(CAMMethod):
 
     A callable target is applied to batches of masked inputs of varying size and must work row
     by row. ``extras["weights"]`` holds :math:`w` and ``extras["channel_scores"]`` :math:`S`,
-    both ``(B, K)``.
+    both ``(B, K)``. Each internal batch is reported to :func:`flashtorch.progress.report_to`
+    as ``(masked inputs scored, B * K, "scorecam")``; its callback may cancel the call.
     """
 
     name: ClassVar[str] = "scorecam"

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import progress
 from .._outputs import take_rows
 from .._targets import ResolvedTarget, Target
 from ..attribution import AttributionMethod, MethodOutput, register
@@ -165,6 +166,9 @@ class IntegratedGradients(AttributionMethod):
         an :class:`~flashtorch.attribution.Attribution` with ``maps`` ``(B, C, H, W)`` and
         ``extras["delta"]`` ``(B,)`` the completeness error, ``extras["baseline_scores"]``
         ``(B,)`` :math:`S_c(x')`.
+
+    Progress: each internal batch is reported to :func:`flashtorch.progress.report_to` as
+    ``(rows done, rows, name)``; its callback may cancel the call between two batches.
 
     Example:
         >>> ig = IntegratedGradients(model, baseline="black", steps=64)
@@ -309,7 +313,9 @@ class IntegratedGradients(AttributionMethod):
                 )
 
         integral = torch.zeros_like(x)
-        for start, stop in chunks(len(self.alphas) * batch, size):
+        n_rows = len(self.alphas) * batch
+        progress.report(0, n_rows, self.name)
+        for start, stop in chunks(n_rows, size):
             rows = torch.arange(start, stop, device=x.device)
             node, img = rows // batch, rows % batch
             a = alphas[node].view(-1, 1, 1, 1)
@@ -345,6 +351,7 @@ class IntegratedGradients(AttributionMethod):
                 if output is not None:
                     output[images] = row_out[local]
                 scores[images] = row_scores[local]
+            progress.report(stop, n_rows, self.name)  # path points (x images) done
         maps = diff * integral
         extras: dict[str, Tensor] = {}
         if scores is not None and base_scores is not None:

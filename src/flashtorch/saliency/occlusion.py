@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import progress
 from .._outputs import explained_output
 from .._targets import Target
 from ..attribution import AttributionMethod, MethodOutput, register
@@ -93,6 +94,9 @@ class Occlusion(AttributionMethod):
         fast: run on the BatchNorm-folded copy of the model (see
             :class:`~flashtorch.attribution.AttributionMethod`).
         amp: run under ``torch.autocast``.
+
+    Progress: each internal batch is reported to :func:`flashtorch.progress.report_to` as
+    ``(rows done, rows, name)``; its callback may cancel the call between two batches.
 
     Example:
         >>> occ = Occlusion(model, window=32, stride=16)
@@ -181,8 +185,10 @@ class Occlusion(AttributionMethod):
             counts += masks(torch.arange(start, stop, device=x.device)).to(x.dtype).sum(0)
 
         total = torch.zeros(batch, 1, height, width, dtype=x.dtype, device=x.device)
+        n_rows = windows * batch
+        progress.report(0, n_rows, self.name)
         with torch.no_grad():
-            for start, stop in chunks(windows * batch, size):
+            for start, stop in chunks(n_rows, size):
                 rows = torch.arange(start, stop, device=x.device)
                 p, img = rows // batch, rows % batch
                 m = masks(p)
@@ -200,6 +206,7 @@ class Occlusion(AttributionMethod):
                     )
                 drop = (scores[img] - occ_scores.to(scores.dtype)).to(x.dtype)
                 total.index_add_(0, img, drop.view(-1, 1, 1, 1) * m.to(x.dtype))
+                progress.report(stop, n_rows, self.name)  # occluded copies scored
         return MethodOutput(total / counts, output, indices, scores)
 
 

@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import progress
 from .._targets import Target
 from ..attribution import AttributionMethod, MethodOutput, get_method, register
 from ..errors import MethodError
@@ -171,6 +172,9 @@ class SmoothGrad(AttributionMethod):
             :class:`~flashtorch.attribution.AttributionMethod`).
         amp: run under ``torch.autocast``.
 
+    Progress: each internal batch is reported to :func:`flashtorch.progress.report_to` as
+    ``(rows done, rows, name)``; its callback may cancel the call between two batches.
+
     Example:
         >>> sg = SmoothGrad(model, base="guided", n_samples=50, noise=0.15, seed=0)
         >>> result = sg(images, target=[1, 2])
@@ -256,6 +260,7 @@ class SmoothGrad(AttributionMethod):
         shift: Tensor | None = None
         acc: Tensor | None = None
         acc_sq: Tensor | None = None
+        progress.report(0, total, self.name)
         for start, stop in chunks(total, size):
             rows = torch.arange(start, stop, device=x.device)
             img = rows % batch
@@ -266,7 +271,8 @@ class SmoothGrad(AttributionMethod):
                 if clean or start >= batch
                 else rows_of_target(target, batch, start, stop)
             )
-            res = self.base.run_compute(net, noisy, row_targets)  # on this call's network
+            with progress.inner():  # the base's own steps (IG's) are steps of this call
+                res = self.base.run_compute(net, noisy, row_targets)  # on this call's network
             maps = res.maps.detach()
             if maps.dtype in _LOW_PRECISION:
                 # a half-precision gradient's square underflows (1e-4 squared is below
@@ -291,6 +297,7 @@ class SmoothGrad(AttributionMethod):
                 acc.index_add_(0, img, maps)
             if self.variant != "mean":
                 acc_sq.index_add_(0, img, maps * maps)
+            progress.report(stop, total, self.name)  # noisy copies done
         assert acc is not None and acc_sq is not None
         n = float(self.n_samples)
         if self.variant == "mean":
