@@ -19,7 +19,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from .._shared import SharedPass
+from .._shared import plan as plan_passes
 from .._surgery import model_device, preserved_state
 from .._targets import logits_of
 from ..attribution import AttributionMethod, get_method, reduce_channels
@@ -336,6 +338,8 @@ class _Job:
     metric_step: float
     seed: int
     dtype: np.dtype
+    #: positions in ``methods`` of the calls of one batch (flashtorch._shared.plan)
+    passes: list[list[int]] = field(default_factory=list)
 
 
 def _process(
@@ -374,34 +378,42 @@ def _process(
         maps_for_agreement: list[Tensor] = []
         metric_values: dict[str, Tensor] = {}
         explained: Tensor | None = None
+        names = list(job.methods)
         with _CleanOutput(job.model, x) as clean:
-            for name, method in job.methods.items():
+            for group in job.passes:  # methods that share a forward pass run as one call
                 torch.manual_seed(job.seed)
                 _sync(device)
                 t0 = time.perf_counter()
-                res = method(x, target=target)
+                members = [job.methods[names[j]] for j in group]
+                if len(members) == 1:
+                    results = [members[0](x, target=target)]
+                else:
+                    results = SharedPass(members).attribute(x, target)
                 _sync(device)
-                seconds[name] = (time.perf_counter() - t0) / len(rows)
-                maps = res.maps
-                if explained is None and res.targets is not None:
-                    explained = res.targets
-                job.store.write_rows(
-                    name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False)
-                )
-                if len(job.methods) > 1:
-                    maps_for_agreement.append(maps)
-                for metric in job.metrics:
-                    from ..metrics.faithfulness import perturbation_curve
+                share = (time.perf_counter() - t0) / len(rows) / len(group)
+                for j, res in zip(group, results):
+                    name = names[j]
+                    seconds[name] = share
+                    maps = res.maps
+                    if explained is None and res.targets is not None:
+                        explained = res.targets
+                    job.store.write_rows(
+                        name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False)
+                    )
+                    if len(job.methods) > 1:
+                        maps_for_agreement.append(maps)
+                    for metric in job.metrics:
+                        from ..metrics.faithfulness import perturbation_curve
 
-                    curve = perturbation_curve(
-                        job.model,
-                        x,
-                        maps,
-                        res.targets if res.targets is not None else target,
-                        mode=metric,
-                        step=job.metric_step,
-                    )  # type: ignore[arg-type]
-                    metric_values[f"{metric}_{name}"] = curve.auc.detach().float().cpu()
+                        curve = perturbation_curve(
+                            job.model,
+                            x,
+                            maps,
+                            res.targets if res.targets is not None else target,
+                            mode=metric,
+                            step=job.metric_step,
+                        )  # type: ignore[arg-type]
+                        metric_values[f"{metric}_{name}"] = curve.auc.detach().float().cpu()
         output = clean.output
         if output is None:  # no method ran a clean pass we could see: one forward pass
             with preserved_state(job.model, eval_mode=True), torch.no_grad():
@@ -540,6 +552,7 @@ def run(
     progress: bool = True,
     trust_pickle: bool = False,
     pretrained: bool = False,
+    fast: bool = True,
 ) -> RunSummary:
     """Stream every input of ``source`` through ``methods`` into ``out`` (resumable).
 
@@ -581,6 +594,10 @@ def run(
         pretrained: for a ``torchvision:`` / ``timm:`` spec, the default pretrained weights from
             the local cache (see :func:`flashtorch.models.resolve_model`); without them (or
             ``:WEIGHTS``) the model has random weights, announced with a ``UserWarning``.
+        fast: run every method that supports it with ``fast=True`` (on a BatchNorm-folded,
+            channels-last copy of the model: exact up to float rounding, the model itself is
+            never changed; see :class:`~flashtorch.attribution.AttributionMethod`), unless its
+            options set ``fast`` themselves. ``False``: on the model as it is.
 
     Returns:
         A :class:`RunSummary` (on every rank).
@@ -611,6 +628,10 @@ def run(
     if not 0 < float(metric_step) <= 1:
         raise InputError(f"metric_step must be in (0, 1], got {metric_step!r}")
     specs = _method_specs(methods, method_options)
+    if fast:
+        for name, opts in specs.items():
+            if get_method(name).supports_fast:
+                opts.setdefault("fast", True)
     src = resolve_source(source)
 
     ctx = distributed.init(device)
@@ -719,6 +740,7 @@ def run(
             float(metric_step),
             int(seed),
             np.dtype(dtype),
+            plan_passes(list(instances.values())),
         )
         fault = _fault()
         log = store.progress_writer(ctx.rank)
