@@ -15,7 +15,9 @@ import datetime as _dt
 import hashlib
 import math
 import os
+import queue
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -348,6 +350,7 @@ def _process(
     device: torch.device,
     fault: bool,
     fault_mode: str,
+    writer: _Writes,
     log: Any,
 ) -> int:
     indices = [int(i) for i in batch["index"]]
@@ -364,6 +367,7 @@ def _process(
             "crop": crop,
         }
     rows = [k for k in range(len(indices)) if ok[k]]
+    writes: list[tuple[str, list[int], np.ndarray]] = []
     if rows:
         good = [indices[k] for k in rows]
         x = batch["image"][rows].to(device, non_blocking=True)
@@ -397,8 +401,8 @@ def _process(
                     maps = res.maps
                     if explained is None and res.targets is not None:
                         explained = res.targets
-                    job.store.write_rows(
-                        name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False)
+                    writes.append(
+                        (name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False))
                     )
                     if len(job.methods) > 1:
                         maps_for_agreement.append(maps)
@@ -446,12 +450,77 @@ def _process(
                 seconds={m: s for m, s in seconds.items()},
                 metrics={k: float(v[j]) for k, v in metric_values.items()},
             )
-    if fault:
+    if fault:  # the worst moment: every earlier batch done, this one's maps written, not logged
+        writer.flush()
+        for name, where, data in writes:
+            job.store.write_rows(name, where, data)
         if fault_mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected failure ({FAULT_ENV})")
-    log.append(records[i] for i in indices)  # only now are these rows done
+    done = [records[i] for i in indices]
+
+    def commit() -> None:
+        for name, where, data in writes:
+            job.store.write_rows(name, where, data)
+        log.append(done)  # only now, after their maps, are these rows done
+
+    writer.submit(commit)
     return len(indices)
+
+
+class _Writes:
+    """The store writes of finished batches, in order, on one background thread.
+
+    The model computes the next batch while the last one's maps are compressed and written
+    (and then its rows logged as done, which keeps a kill at any moment safe: a batch whose
+    log line is missing is computed again). At most ``depth`` batches wait, so memory stays
+    flat; an error of the thread is raised in the caller at the next :meth:`submit` or at
+    :meth:`close`.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._work, name="flashtorch-run-writes", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                if self._error is None:
+                    task()
+            except BaseException as exc:  # raised in the caller
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, task: Callable[[], None]) -> None:
+        """Queue ``task`` (waits while ``depth`` tasks are pending)."""
+        self._raise()
+        self._queue.put(task)
+
+    def flush(self) -> None:
+        """Wait until every queued task is done."""
+        self._queue.join()
+        self._raise()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Finish every queued task and stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_errors:
+            self._raise()
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,6 +705,7 @@ def run(
 
     ctx = distributed.init(device)
     log = None
+    writer: _Writes | None = None
     try:
         net, spec, mean_t, std_t, side, source_names = _load(
             model, ctx.device, seed, trust_pickle, size, mean, std, pretrained
@@ -744,6 +814,7 @@ def run(
         )
         fault = _fault()
         log = store.progress_writer(ctx.rank)
+        writer = _Writes()
         t0 = time.perf_counter()
         with (
             _bar(progress and ctx.rank == 0, len(todo), ctx.world_size) as bar,
@@ -751,8 +822,9 @@ def run(
         ):
             for number, batch in enumerate(_batches(dataset, mine, batch_size, num_workers, dev)):
                 hit = fault is not None and fault[0] == ctx.rank and fault[1] == number
-                n = _process(job, batch, dev, hit, fault[2] if fault else "", log)
+                n = _process(job, batch, dev, hit, fault[2] if fault else "", writer, log)
                 bar.update(n)
+            writer.close()
         ctx.barrier()
         seconds = ctx.gather_max(time.perf_counter() - t0)
         records = store.done()
@@ -772,6 +844,8 @@ def run(
             complete,
         )
     finally:
+        if writer is not None:
+            writer.close(raise_errors=False)  # the batches before an error are kept
         if log is not None:
             log.close()
         ctx.close()
