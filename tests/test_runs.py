@@ -514,9 +514,9 @@ def test_background_writes_keep_order_and_raise_in_the_caller():
     def fail():
         raise OSError("disk full")
 
-    writer.submit(fail)
-    writer.submit(lambda: done.append("after"))  # skipped: the writes stop at the first error
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full"):  # at the next submit or at close
+        writer.submit(fail)
+        writer.submit(lambda: done.append("after"))  # never run: writes stop at an error
         writer.close()
     assert "after" not in done
     writer.close()  # idempotent
