@@ -499,3 +499,24 @@ def test_memory_stays_flat(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     at_200, at_2000 = map(int, proc.stdout.split())
     assert at_2000 <= 1.10 * at_200, (at_200, at_2000)
+
+
+def test_background_writes_keep_order_and_raise_in_the_caller():
+    from flashtorch.runs.engine import _Writes
+
+    done = []
+    writer = _Writes(depth=2)
+    for i in range(5):
+        writer.submit(lambda i=i: done.append(i))
+    writer.flush()
+    assert done == [0, 1, 2, 3, 4]
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):  # at the next submit or at close
+        writer.submit(fail)
+        writer.submit(lambda: done.append("after"))  # never run: writes stop at an error
+        writer.close()
+    assert "after" not in done
+    writer.close()  # idempotent

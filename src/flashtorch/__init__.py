@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from . import activmax, attention, cam, metrics, progress, saliency
     from ._fast import clear_fast_cache, fold_batchnorm
     from ._graphs import GraphedMethod, graphed
-    from .api import attribute
+    from .api import attribute, attribute_many
     from .attribution import (
         METHODS,
         Attribution,
@@ -54,6 +54,7 @@ __all__ = [
     "GraphedMethod",
     "__version__",
     "attribute",
+    "attribute_many",
     "available_methods",
     "clear_fast_cache",
     "fold_batchnorm",
@@ -84,6 +85,7 @@ _LAZY: dict[str, str | None] = {
     "clear_fast_cache": "_fast",
     "fold_batchnorm": "_fast",
     "attribute": "api",
+    "attribute_many": "api",
     "run": "runs",  # zarr and pyarrow are needed only when a run starts
     "open_run": "runs",
 }

@@ -592,6 +592,11 @@ class LayerRecorder:
             upstream is differentiated), and in-place operations downstream (``F.relu(x,
             inplace=True)`` after the layer) leave the recorded values intact. Needs
             ``call >= 0``.
+        isolate: without ``leaf``, keep the selected call's output as it is (still on the
+            graph: gradients flow through it to the input) and let the model continue with a
+            clone of it, so that in-place operations downstream leave the recorded tensor - its
+            values and its place in the graph - intact. Gradients with respect to
+            :attr:`output` are then those of the layer's output.
         start_grad: with ``leaf``, run the forward pass without gradients up to the selected
             call and switch grad mode on when it returns: the graph then starts at the leaf
             even when parameters require grad (nothing needs freezing), and the code before the
@@ -606,6 +611,7 @@ class LayerRecorder:
         *,
         leaf: bool = False,
         start_grad: bool = False,
+        isolate: bool = False,
     ) -> None:
         self.name, self.module = find_layer(model, layer)
         if leaf and call is not None and call < 0:
@@ -614,6 +620,9 @@ class LayerRecorder:
             )
         if start_grad and not leaf:
             raise ValueError("start_grad needs leaf=True")
+        if isolate and (leaf or (call is not None and call < 0)):
+            raise ValueError("isolate needs leaf=False and a call counted from the start")
+        self.isolate = isolate
         self.call = call
         self.leaf = leaf
         self.start_grad = start_grad
@@ -632,18 +641,15 @@ class LayerRecorder:
             if threading.get_ident() != owner:
                 return None  # another thread's forward pass: not this call's (module docstring)
             first = output[0] if isinstance(output, (tuple, list)) else output
-            if not (self.leaf and len(self.outputs) == selected and isinstance(first, Tensor)):
+            chosen = len(self.outputs) == selected and isinstance(first, Tensor)
+            if not (self.leaf and chosen):
                 self.outputs.append(first)
                 self.versions.append(first._version if isinstance(first, Tensor) else 0)
-                return None
-            captured = first.detach()
-            if self.start_grad:
-                torch.set_grad_enabled(self._grad_mode)  # from here on (undone in __exit__)
-            if torch.is_grad_enabled() and captured.is_floating_point():
-                captured.requires_grad_(True)
-            self.outputs.append(captured)
-            self.versions.append(captured._version)
-            replaced = captured.clone()
+                if not (self.isolate and chosen):
+                    return None
+                replaced = first.clone()  # the model goes on with a copy; `first` stays intact
+            else:
+                replaced = self._leaf(first)
             if isinstance(output, tuple):
                 return (replaced, *output[1:])
             if isinstance(output, list):
@@ -655,6 +661,17 @@ class LayerRecorder:
             self._grad_mode = torch.is_grad_enabled()
             torch.set_grad_enabled(False)
         return self
+
+    def _leaf(self, first: Tensor) -> Tensor:
+        """Record ``first`` as a fresh leaf; the copy the model continues with."""
+        captured = first.detach()
+        if self.start_grad:
+            torch.set_grad_enabled(self._grad_mode)  # from here on (undone in __exit__)
+        if torch.is_grad_enabled() and captured.is_floating_point():
+            captured.requires_grad_(True)
+        self.outputs.append(captured)
+        self.versions.append(captured._version)
+        return captured.clone()
 
     def __exit__(self, *exc: object) -> None:
         if self.start_grad:

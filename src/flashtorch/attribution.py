@@ -242,9 +242,13 @@ class AttributionMethod(abc.ABC):
         if outer:
             if watch is not None and watch.seen is not None:
                 _guards.warn_dropout(self.name, watch.seen)
-            if _guards.maps_checkable(result.maps, syncs_allowed()):
-                _guards.check_maps(self.name, result.maps, cam=self.needs_layer)
+            self._check_maps(result)
         return result
+
+    def _check_maps(self, result: Attribution) -> None:
+        """Warn when the maps of ``result`` are all zero for some image or not finite."""
+        if _guards.maps_checkable(result.maps, syncs_allowed()):
+            _guards.check_maps(self.name, result.maps, cam=self.needs_layer)
 
     def _attribute(self, inputs: Tensor, x: Tensor, target: Target) -> Attribution:
         """The call itself (``x``: the validated inputs), outside inference mode."""

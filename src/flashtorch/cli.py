@@ -1405,6 +1405,13 @@ def _run_target(value: str | None) -> int | str | None:
     is_flag=True,
     help="Delete a run already in DIR first (its own files only) and start afresh.",
 )
+@click.option(
+    "--fast/--no-fast",
+    default=True,
+    show_default=True,
+    help="Run the methods on a BatchNorm-folded, channels-last copy of the model (exact up "
+    "to float rounding; the model file is not changed).",
+)
 @_common_options
 @click.pass_context
 def run(
@@ -1427,6 +1434,7 @@ def run(
     metric_step: float,
     seed: int,
     overwrite: bool,
+    fast: bool,
 ) -> None:
     """Explain every image of SOURCE into DIR/maps.zarr and DIR/manifest.parquet.
 
@@ -1480,6 +1488,7 @@ def run(
         trust_pickle=trust_pickle,
         pretrained=bool(ctx.meta.get("flashtorch.pretrained")),
         storage_options=store_options or None,
+        fast=fast,
     )
     if rank0:
         _info(ctx, summary.line())

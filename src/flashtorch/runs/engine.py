@@ -15,11 +15,13 @@ import datetime as _dt
 import hashlib
 import math
 import os
+import queue
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from .._shared import SharedPass
+from .._shared import plan as plan_passes
 from .._surgery import model_device, preserved_state
 from .._targets import logits_of
 from ..attribution import AttributionMethod, get_method, reduce_channels
@@ -336,6 +340,8 @@ class _Job:
     metric_step: float
     seed: int
     dtype: np.dtype
+    #: positions in ``methods`` of the calls of one batch (flashtorch._shared.plan)
+    passes: list[list[int]] = field(default_factory=list)
 
 
 def _process(
@@ -344,6 +350,7 @@ def _process(
     device: torch.device,
     fault: bool,
     fault_mode: str,
+    writer: _Writes,
     log: Any,
 ) -> int:
     indices = [int(i) for i in batch["index"]]
@@ -360,6 +367,7 @@ def _process(
             "crop": crop,
         }
     rows = [k for k in range(len(indices)) if ok[k]]
+    writes: list[tuple[str, list[int], np.ndarray]] = []
     if rows:
         good = [indices[k] for k in rows]
         x = batch["image"][rows].to(device, non_blocking=True)
@@ -374,34 +382,42 @@ def _process(
         maps_for_agreement: list[Tensor] = []
         metric_values: dict[str, Tensor] = {}
         explained: Tensor | None = None
+        names = list(job.methods)
         with _CleanOutput(job.model, x) as clean:
-            for name, method in job.methods.items():
+            for group in job.passes:  # methods that share a forward pass run as one call
                 torch.manual_seed(job.seed)
                 _sync(device)
                 t0 = time.perf_counter()
-                res = method(x, target=target)
+                members = [job.methods[names[j]] for j in group]
+                if len(members) == 1:
+                    results = [members[0](x, target=target)]
+                else:
+                    results = SharedPass(members).attribute(x, target)
                 _sync(device)
-                seconds[name] = (time.perf_counter() - t0) / len(rows)
-                maps = res.maps
-                if explained is None and res.targets is not None:
-                    explained = res.targets
-                job.store.write_rows(
-                    name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False)
-                )
-                if len(job.methods) > 1:
-                    maps_for_agreement.append(maps)
-                for metric in job.metrics:
-                    from ..metrics.faithfulness import perturbation_curve
+                share = (time.perf_counter() - t0) / len(rows) / len(group)
+                for j, res in zip(group, results):
+                    name = names[j]
+                    seconds[name] = share
+                    maps = res.maps
+                    if explained is None and res.targets is not None:
+                        explained = res.targets
+                    writes.append(
+                        (name, good, maps.detach().to("cpu").numpy().astype(job.dtype, copy=False))
+                    )
+                    if len(job.methods) > 1:
+                        maps_for_agreement.append(maps)
+                    for metric in job.metrics:
+                        from ..metrics.faithfulness import perturbation_curve
 
-                    curve = perturbation_curve(
-                        job.model,
-                        x,
-                        maps,
-                        res.targets if res.targets is not None else target,
-                        mode=metric,
-                        step=job.metric_step,
-                    )  # type: ignore[arg-type]
-                    metric_values[f"{metric}_{name}"] = curve.auc.detach().float().cpu()
+                        curve = perturbation_curve(
+                            job.model,
+                            x,
+                            maps,
+                            res.targets if res.targets is not None else target,
+                            mode=metric,
+                            step=job.metric_step,
+                        )  # type: ignore[arg-type]
+                        metric_values[f"{metric}_{name}"] = curve.auc.detach().float().cpu()
         output = clean.output
         if output is None:  # no method ran a clean pass we could see: one forward pass
             with preserved_state(job.model, eval_mode=True), torch.no_grad():
@@ -434,12 +450,77 @@ def _process(
                 seconds={m: s for m, s in seconds.items()},
                 metrics={k: float(v[j]) for k, v in metric_values.items()},
             )
-    if fault:
+    if fault:  # the worst moment: every earlier batch done, this one's maps written, not logged
+        writer.flush()
+        for name, where, data in writes:
+            job.store.write_rows(name, where, data)
         if fault_mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected failure ({FAULT_ENV})")
-    log.append(records[i] for i in indices)  # only now are these rows done
+    done = [records[i] for i in indices]
+
+    def commit() -> None:
+        for name, where, data in writes:
+            job.store.write_rows(name, where, data)
+        log.append(done)  # only now, after their maps, are these rows done
+
+    writer.submit(commit)
     return len(indices)
+
+
+class _Writes:
+    """The store writes of finished batches, in order, on one background thread.
+
+    The model computes the next batch while the last one's maps are compressed and written
+    (and then its rows logged as done, which keeps a kill at any moment safe: a batch whose
+    log line is missing is computed again). At most ``depth`` batches wait, so memory stays
+    flat; an error of the thread is raised in the caller at the next :meth:`submit` or at
+    :meth:`close`.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._work, name="flashtorch-run-writes", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                if self._error is None:
+                    task()
+            except BaseException as exc:  # raised in the caller
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, task: Callable[[], None]) -> None:
+        """Queue ``task`` (waits while ``depth`` tasks are pending)."""
+        self._raise()
+        self._queue.put(task)
+
+    def flush(self) -> None:
+        """Wait until every queued task is done."""
+        self._queue.join()
+        self._raise()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Finish every queued task and stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_errors:
+            self._raise()
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,6 +622,7 @@ def run(
     trust_pickle: bool = False,
     pretrained: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    fast: bool = True,
 ) -> RunSummary:
     """Stream every input of ``source`` through ``methods`` into ``out`` (resumable).
 
@@ -586,6 +668,10 @@ def run(
             ``:WEIGHTS``) the model has random weights, announced with a ``UserWarning``.
         storage_options: for a URL ``out``, the options of its fsspec file system
             (credentials, endpoint, ...), e.g. ``{"key": ..., "secret": ...}`` for s3fs.
+        fast: run every method that supports it with ``fast=True`` (on a BatchNorm-folded,
+            channels-last copy of the model: exact up to float rounding, the model itself is
+            never changed; see :class:`~flashtorch.attribution.AttributionMethod`), unless its
+            options set ``fast`` themselves. ``False``: on the model as it is.
 
     Returns:
         A :class:`RunSummary` (on every rank).
@@ -617,11 +703,16 @@ def run(
     if not 0 < float(metric_step) <= 1:
         raise InputError(f"metric_step must be in (0, 1], got {metric_step!r}")
     specs = _method_specs(methods, method_options)
+    if fast:
+        for name, opts in specs.items():
+            if get_method(name).supports_fast:
+                opts.setdefault("fast", True)
     src = resolve_source(source)
     store = RunStore(out, storage_options)  # a bad URL or a missing fsspec fails here
 
     ctx = distributed.init(device)
     log = None
+    writer: _Writes | None = None
     try:
         net, spec, mean_t, std_t, side, source_names = _load(
             model, ctx.device, seed, trust_pickle, size, mean, std, pretrained
@@ -725,9 +816,11 @@ def run(
             float(metric_step),
             int(seed),
             np.dtype(dtype),
+            plan_passes(list(instances.values())),
         )
         fault = _fault()
         log = store.progress_writer(ctx.rank)
+        writer = _Writes()
         t0 = time.perf_counter()
         with (
             _bar(progress and ctx.rank == 0, len(todo), ctx.world_size) as bar,
@@ -735,8 +828,9 @@ def run(
         ):
             for number, batch in enumerate(_batches(dataset, mine, batch_size, num_workers, dev)):
                 hit = fault is not None and fault[0] == ctx.rank and fault[1] == number
-                n = _process(job, batch, dev, hit, fault[2] if fault else "", log)
+                n = _process(job, batch, dev, hit, fault[2] if fault else "", writer, log)
                 bar.update(n)
+            writer.close()
         ctx.barrier()
         seconds = ctx.gather_max(time.perf_counter() - t0)
         records = store.done()
@@ -756,6 +850,8 @@ def run(
             complete,
         )
     finally:
+        if writer is not None:
+            writer.close(raise_errors=False)  # the batches before an error are kept
         if log is not None:
             log.close()
         ctx.close()

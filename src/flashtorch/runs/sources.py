@@ -284,6 +284,9 @@ class RunDataset(Dataset):
         self.size = size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        # (v / 255 - mean) / std as one multiply-add on the uint8 values
+        self._scale = 1.0 / (255.0 * self.std)
+        self._shift = -self.mean / self.std
         self.shape = tuple(shape)
         self.targets = None if targets is None else list(targets)
         self.use_item_target = use_item_target
@@ -366,9 +369,9 @@ class RunDataset(Dataset):
         pil = load_image(image)
         width, height = pil.size
         cropped = _resize_crop(pil, self.size)
-        arr = np.asarray(cropped, dtype=np.float32)
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).div_(255.0)
-        x = ((x - self.mean) / self.std).contiguous()
+        chw = torch.from_numpy(np.array(cropped, dtype=np.uint8)).permute(2, 0, 1)
+        x = chw.to(torch.float32, memory_format=torch.contiguous_format)
+        x.mul_(self._scale).add_(self._shift)
         return x, width, height, _crop_box(width, height, self.size)
 
 
