@@ -63,9 +63,10 @@ def shares_pass(method: AttributionMethod) -> bool:
     if isinstance(method, Gradient):
         return method.rule is None and cls.compute in (Gradient.compute, GradientXInput.compute)
     if isinstance(method, CAMMethod):
+        cam_cls = type(method)
         return (
-            cls.compute is CAMMethod.compute
-            and cls.capture is CAMMethod.capture
+            cam_cls.compute is CAMMethod.compute
+            and cam_cls.capture is CAMMethod.capture
             and method.uses_gradients
         )
     return False
@@ -110,7 +111,7 @@ class SharedPass(AttributionMethod):
         super().__init__(first.model, eval_mode=first.eval_mode, fast=first.fast, amp=first.amp)
         self.members = members
         self._gradients = [m for m in members if not _is_cam(m)]
-        self._cams = [m for m in members if _is_cam(m)]
+        self._cams: list[Any] = [m for m in members if _is_cam(m)]  # CAMMethod instances
         #: parameters are frozen when the graph reaches the input (as for the gradient alone)
         self.freezes = bool(self._gradients)  # type: ignore[misc]
         self.single_channel = not self._gradients  # type: ignore[misc]
@@ -174,8 +175,7 @@ class SharedPass(AttributionMethod):
             wrt = ([x] if self._gradients else []) + list(activations.values())
             if not scores.requires_grad:
                 raise self._independent(None, recorders)
-            grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
-        grads = list(grads)
+            grads = list(torch.autograd.grad(scores.sum(), wrt, allow_unused=True))
         input_grad = grads.pop(0) if self._gradients else None
         if self._gradients and input_grad is None:
             raise self._independent(None, {})
@@ -251,8 +251,8 @@ def plan(methods: Sequence[AttributionMethod]) -> list[list[int]]:
             continue
         by_layer: dict[tuple[Any, ...], list[int]] = {}
         for j in members:
-            cam = methods[j]
-            by_layer.setdefault((cam.layer, cam.call), []).append(j)  # type: ignore[attr-defined]
+            cam: Any = methods[j]
+            by_layer.setdefault((cam.layer, cam.call), []).append(j)
         out.extend(by_layer.values())
     return sorted(out, key=lambda g: g[0])
 
