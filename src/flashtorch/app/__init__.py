@@ -18,6 +18,8 @@ _NAMES = {
     "Explainer": "core",
     "ExplainResult": "core",
     "MapOutput": "core",
+    "OptionSpec": "core",
+    "RunBrowser": "runs",
     "build_app": "page",
     "launch": "page",
 }
