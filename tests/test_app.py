@@ -472,7 +472,7 @@ def test_serve_refuses_an_unknown_model_in_one_line(capsys):
 
 
 @needs_gradio
-def test_serve_passes_the_command_line_to_the_page(monkeypatch):
+def test_serve_passes_the_command_line_to_the_page(monkeypatch, tmp_path):
     from flashtorch.app import core, page
     from flashtorch.cli import main
 
@@ -490,6 +490,8 @@ def test_serve_passes_the_command_line_to_the_page(monkeypatch):
     monkeypatch.setattr(page, "launch", lambda e, **kw: seen.update(launch=kw))
     argv = ["serve", "-q", "--model", "a", "--model", "b", "--max-upload-mb", "2"]
     argv += ["--max-pixels", "1e6", "--port", "8123", "--pretrained", "--device", "cpu"]
+    argv += ["--runs", str(tmp_path), "--runs", str(tmp_path / "b")]
+    (tmp_path / "b").mkdir()
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 0
@@ -497,7 +499,20 @@ def test_serve_passes_the_command_line_to_the_page(monkeypatch):
     kwargs = seen["kwargs"]
     assert kwargs["max_upload_mb"] == 2 and kwargs["max_pixels"] == 1_000_000
     assert kwargs["pretrained"] is True and kwargs["trust_pickle"] is False
+    assert [str(r) for r in kwargs["runs"]] == [str(tmp_path), str(tmp_path / "b")]
     assert seen["launch"] == {"host": "127.0.0.1", "port": 8123, "concurrency": 1}
+
+
+@needs_gradio
+def test_serve_refuses_runs_that_are_not_a_folder(tmp_path, capsys):
+    from flashtorch.cli import main
+
+    (tmp_path / "file.txt").write_text("x")
+    for bad in (tmp_path / "missing", tmp_path / "file.txt"):
+        with pytest.raises(SystemExit) as info:
+            main(["serve", "--runs", str(bad), "--port", str(_free_port())])
+        assert info.value.code == 2
+        assert "--runs" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -532,3 +547,346 @@ def test_flashtorch_serve_binds_the_loopback_by_default():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Runs tab, method options, transformer methods (tiny models, no pretrained weights needed)
+# --------------------------------------------------------------------------------------------
+
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+HAS_RUNS = all(importlib.util.find_spec(m) is not None for m in ("zarr", "pyarrow", "pandas"))
+TINY_CNN = "tests._runs_model:tiny"
+TINY_VIT = "tests._app_models:tiny_vit"
+
+
+def _tiny_images(folder: Path, count: int = 4) -> list[Path]:
+    """``count`` 40x48 pictures of distinct content (stripes of different widths and colours)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        base = rng.random((40, 48, 3)) * 80
+        base[:, :: i + 2] += 170 - 30 * i
+        path = folder / f"img{i}.png"
+        Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    """A --runs root: one real run of 4 images + 1 broken file, a broken run, a link out."""
+    if not HAS_RUNS:
+        pytest.skip('runs need zarr, pyarrow and pandas: pip install "flashtorch[runs]"')
+    import flashtorch
+
+    from ._runs_model import tiny
+
+    base = tmp_path_factory.mktemp("runs")
+    images = base / "images"
+    _tiny_images(images)
+    (images / "broken.png").write_text("not an image")
+    root = base / "root"
+    flashtorch.run(
+        tiny(), images, ["gradient", "gradcam"], out=root / "val", size=32, num_workers=0,
+        progress=False, metrics=["deletion"],
+    )  # fmt: skip
+    (root / "damaged" / "maps.zarr").mkdir(parents=True)  # looks like a run, is not one
+    outside = base / "outside"
+    flashtorch.run(
+        tiny(), images, ["gradient"], out=outside, size=32, num_workers=0, progress=False
+    )
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_explainer(tmp_path_factory, runs_root):
+    if not HAS_TIMM:
+        pytest.skip("timm is not installed (the tiny ViT)")
+    from flashtorch.app.core import Explainer
+
+    return Explainer(
+        [TINY_CNN, TINY_VIT], out_dir=tmp_path_factory.mktemp("tiny"), runs=[runs_root]
+    )
+
+
+def _manifest_order(root: Path, column: str = "score", descending: bool = True) -> list[int]:
+    import flashtorch
+
+    frame = flashtorch.open_run(root / "val").manifest
+    ok = frame[frame["status"] == "ok"]
+    return [int(i) for i in ok.sort_values(column, ascending=not descending)["index"]]
+
+
+def test_runs_lists_only_the_runs_under_the_roots(tiny_explainer, runs_root):
+    runs = tiny_explainer.runs.runs()
+    assert list(runs) == ["root/damaged", "root/val"]  # the link out of the root is not listed
+    assert runs["root/val"] == (runs_root / "val").resolve()
+
+
+def test_runs_page_is_sorted_filtered_and_drawn(tiny_explainer, runs_root):
+    browser = tiny_explainer.runs
+    page = browser.page("root/val", "score", True, 1, "ok")
+    order = _manifest_order(runs_root)
+    assert [item.index for item in page.items] == order and len(order) == 4
+    scores = [float(item.caption.split(": ")[1].split(";")[0].split()[-1]) for item in page.items]
+    assert scores == sorted(scores, reverse=True)
+    assert "5 images (4 ok, 1 errors)" in page.summary and "gradient, gradcam" in page.summary
+    assert "Tiny" in page.summary
+    for item in page.items:  # image | gradient | gradcam, each 32 px enlarged 4x
+        assert item.panel.shape[0] == 128 and item.panel.shape[1] > 3 * 128
+        for part in (item.panel[:, :128], item.panel[:, 134:262], item.panel[:, -128:]):
+            assert _not_blank(part)
+    up = browser.page("root/val", "score", False, 1, "ok")
+    assert [item.index for item in up.items] == order[::-1]
+    errors = browser.page("root/val", "score", True, 1, "error")
+    assert [item.path for item in errors.items] == ["broken.png"]
+    assert "not a readable image" in errors.items[0].caption
+    assert len(browser.page("root/val", "index", False, 1, "all").items) == 5
+    assert {"deletion_gradient", "seconds_gradcam", "agreement"} <= set(page.columns)
+
+
+def test_runs_pages_hold_page_size_images(tiny_explainer, runs_root):
+    browser = tiny_explainer.runs
+    first = browser.page("root/val", "index", False, 1, "all", page_size=2)
+    last = browser.page("root/val", "index", False, 9, "all", page_size=2)  # clipped to 3
+    assert [i.index for i in first.items] == [0, 1] and first.position == "page 1 of 3 (5 images)"
+    assert [i.index for i in last.items] == [4] and last.page == 3
+
+
+def test_runs_image_is_the_manifest_file_cropped_to_the_map(tiny_explainer, runs_root):
+    from PIL import Image
+
+    browser = tiny_explainer.runs
+    run = browser.open("root/val")
+    row = run.manifest[run.manifest["path"] == "img0.png"].iloc[0].to_dict()
+    picture = browser._picture(run, row, (32, 32))
+    source = Image.open(runs_root.parent / "images" / "img0.png").convert("RGB")
+    left, top, w, h = (row[k] for k in ("crop_left", "crop_top", "crop_width", "crop_height"))
+    box = (left, top, left + w, top + h)
+    expected = np.asarray(source.resize((32, 32), Image.Resampling.BILINEAR, box=box))
+    got = picture.permute(1, 2, 0).numpy() * 255
+    np.testing.assert_allclose(got, expected, atol=1)
+    from flashtorch.utils.image import _resize_crop
+
+    seen = np.asarray(_resize_crop(source, 32), dtype=np.float32)  # what the model saw
+    assert np.abs(got - seen).mean() < 2.0
+    corner = {**row, "crop_left": 0.0, "crop_top": 0.0, "crop_width": 20.0, "crop_height": 20.0}
+    quarter = browser._picture(run, corner, (32, 32)).permute(1, 2, 0).numpy() * 255
+    box = (0, 0, 20, 20)  # another crop box in the manifest: the picture follows it
+    expected = np.asarray(source.resize((32, 32), Image.Resampling.BILINEAR, box=box))
+    np.testing.assert_allclose(quarter, expected, atol=1)
+    assert left > 0  # the 48x40 image was cropped at the sides: the crop box mattered
+
+
+def test_runs_refuse_a_typed_path_and_report_a_damaged_run(tiny_explainer, runs_root):
+    browser = tiny_explainer.runs
+    for typed in (str(runs_root / "val"), str(runs_root.parent / "outside"), "/etc", "root/link",
+                  "root/../outside", "../outside"):  # fmt: skip
+        with pytest.raises(InputError, match="opens only the runs found under its --runs"):
+            browser.page(typed)
+    with pytest.raises(InputError, match="cannot be read"):
+        browser.page("root/damaged")
+    with pytest.raises(InputError, match="cannot sort by"):
+        browser.page("root/val", "path")
+
+
+def test_runs_without_roots_say_how_to_give_them(tmp_path):
+    from flashtorch.app.runs import RunBrowser
+
+    with pytest.raises(InputError, match="serve --runs DIR"):
+        RunBrowser().page("anything")
+    with pytest.raises(InputError, match="is not a folder"):
+        RunBrowser([tmp_path / "missing"])
+
+
+def test_option_specs_come_from_the_registry():
+    from flashtorch import METHODS
+    from flashtorch.app.core import option_specs
+
+    names = {m: {s.name: s for s in option_specs(m)} for m in METHODS}
+    assert names["integrated_gradients"]["steps"].kind is int
+    assert names["smoothgrad"]["n_samples"].default == 50
+    assert names["scorecam"]["internal_batch_size"].kind is int
+    assert names["gradcam"]["relu"].kind is bool and names["gradcam"]["interpolation"].kind is str
+    assert names["occlusion"]["window"].default == 16
+    assert names["attention_rollout"]["head_fusion"].default == "mean"
+    assert not any("layer" in n or "model" in n for n in names["gradcam"])
+    assert names["gradient"] == {}
+
+
+def test_options_change_the_map_and_bad_values_are_messages(tiny_explainer):
+    e = tiny_explainer
+    methods = ["gradcam", "smoothgrad"]
+    plain = e.explain(CHELSEA, TINY_CNN, methods, write_files=False)
+    options = e.parse_options(
+        methods,
+        {"gradcam.relu": False, "gradcam.interpolation": "bilinear", "smoothgrad.n_samples": 3.0},
+    )
+    assert options == {"gradcam": {"relu": False}, "smoothgrad": {"n_samples": 3}}  # no defaults
+    changed = e.explain(CHELSEA, TINY_CNN, methods, write_files=False, options=options)
+    before = {m.method: m.raw for m in plain.maps}
+    after = {m.method: m.raw for m in changed.maps}
+    for method in methods:
+        assert not np.allclose(before[method], after[method]), method
+    with pytest.raises(MethodError, match="whole number"):
+        e.parse_options(["occlusion"], {"occlusion.window": 2.5})
+    with pytest.raises(MethodError, match="interpolation must be one of"):
+        bad = e.parse_options(["gradcam"], {"gradcam.interpolation": "cubic-ish"})
+        e.explain(CHELSEA, TINY_CNN, ["gradcam"], write_files=False, options=bad)
+    assert e.parse_options(["gradient"], {"gradcam.relu": False}) == {}  # unchosen: ignored
+
+
+def test_a_transformer_is_offered_rollout_and_a_cnn_is_not(tiny_explainer):
+    e = tiny_explainer
+    vit, cnn = e.model_methods(TINY_VIT), e.model_methods(TINY_CNN)
+    assert {"attention_rollout", "gradient_rollout"} <= set(vit)
+    assert not {"attention_rollout", "gradient_rollout"} & set(cnn)
+    assert set(cnn) <= set(vit) and "gradcam" in vit
+    with pytest.raises(MethodError, match="unknown method"):
+        e.explain(CHELSEA, TINY_CNN, ["attention_rollout"], write_files=False)
+    result = e.explain(CHELSEA, TINY_VIT, ["gradcam", "attention_rollout"], write_files=False)
+    cam, rollout = result.maps
+    assert cam.layer == e.layers(TINY_VIT)[1] == "blocks.1.norm1"  # the default handles tokens
+    assert rollout.raw.shape == (1, 32, 32) and _not_blank(rollout.overlay)
+    assert np.abs(cam.raw).max() > 0
+
+
+@pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed")
+def test_a_random_weights_vit_spec_is_announced(tmp_path):
+    from flashtorch.app.core import Explainer
+
+    with pytest.warns(UserWarning, match="random weights"):
+        e = Explainer(["timm:vit_tiny_patch16_224"], out_dir=tmp_path)
+    assert "random weights" in e.notices()["timm:vit_tiny_patch16_224"]
+    assert "attention_rollout" in e.model_methods(None)
+    if HAS_GRADIO:  # the page says it under the title
+        from flashtorch.app.page import build_app
+
+        config = build_app(e).get_config_file()
+        texts = [str(c.get("props", {}).get("value", "")) for c in config["components"]]
+        assert any("random weights" in t for t in texts)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_explainer):
+    if not HAS_GRADIO:
+        pytest.skip('gradio / gradio_client are not installed: pip install "flashtorch[app]"')
+    from flashtorch.app import launch
+
+    port = _free_port()
+    app = launch(tiny_explainer, port=port, block=False)
+    try:
+        yield app, port
+    finally:
+        app.close()
+
+
+@needs_gradio
+def test_the_runs_api_shows_a_run_and_refuses_a_typed_path(tiny_server, runs_root):
+    from gradio_client.exceptions import AppError
+
+    _app, port = tiny_server
+    client = _client(port)
+    summary, gallery, position, _sort, number = client.predict(
+        "root/val", "score", "descending", "ok", 1, api_name="/runs"
+    )
+    assert "4 ok" in summary and position == "page 1 of 1 (4 images)" and number == 1
+    assert [int(g["caption"].split()[0][1:]) for g in gallery] == _manifest_order(runs_root)
+    for typed in (str(runs_root / "val"), str(runs_root.parent / "outside"), "/etc"):
+        with pytest.raises(AppError, match="opens only the runs"):
+            client.predict(typed, "score", "descending", "ok", 1, api_name="/runs")
+    with pytest.raises(AppError, match="cannot be read"):
+        client.predict("root/damaged", "score", "descending", "ok", 1, api_name="/runs")
+
+
+def _png(page, locator) -> np.ndarray:
+    """The picture of an ``img`` as drawn, once loaded (gradio's galleries load lazily)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    locator.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "el => el.complete && el.naturalWidth > 0", arg=locator.element_handle(), timeout=30_000
+    )
+    return np.asarray(Image.open(BytesIO(locator.screenshot())).convert("RGB"))
+
+
+@pytest.mark.slow
+@needs_gradio
+def test_runs_options_and_rollout_in_headless_chromium(tiny_server, runs_root):
+    import re
+
+    from .test_report_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (bash .ci/install_browser.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    _app, port = tiny_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+
+            # Runs: the run under --runs, sorted by score (descending), every picture drawn
+            page.get_by_role("tab", name="Runs").click()
+            assert page.locator("#r_run input").input_value() == "root/val"  # damaged: skipped
+            page.locator("#r_show").click()
+            page.locator("#r_gallery img").nth(3).wait_for(timeout=60_000)
+            text = page.locator("#r_gallery").inner_text()
+            shown = [int(i) for i in re.findall(r"#(\d+) img", text)]
+            assert shown == _manifest_order(runs_root), text
+            assert "4 ok, 1 errors" in page.locator("#r_summary").inner_text()
+            images = page.locator("#r_gallery img")
+            for i in range(4):
+                assert _not_blank(_png(page, images.nth(i)))
+
+            # Explain: the CNN has no rollout; the ViT has, and its map renders
+            page.get_by_role("tab", name="Explain").click()
+            page.locator("#upload input[type=file]").set_input_files(str(CHELSEA))
+            methods = page.locator("#methods")
+            assert "attention_rollout" not in methods.inner_text()
+            page.locator("#model input").click()
+            page.get_by_role("option", name=TINY_VIT).click()
+            methods.get_by_text("attention_rollout").wait_for(timeout=30_000)
+            assert "gradient_rollout" in methods.inner_text()
+            page.get_by_label("gradcam", exact=True).uncheck()
+            page.get_by_label("attention_rollout", exact=True).check()
+            page.locator("#explain").click()
+            page.locator("#maps").get_by_text("attention_rollout").first.wait_for(timeout=60_000)
+            before = _png(page, page.locator("#maps img").first)
+            assert _not_blank(before)
+
+            # Options: head fusion "max" instead of "mean" changes the map
+            page.locator("#options").get_by_text("Options").first.click()
+            box = page.locator("#opt_attention_rollout_head_fusion textarea, "
+                               "#opt_attention_rollout_head_fusion input").first  # fmt: skip
+            box.fill("max")
+            first_src = page.locator("#maps img").first.get_attribute("src")
+            page.locator("#explain").click()
+            page.wait_for_function(
+                "src => { const i = document.querySelector('#maps img'); "
+                "return i && i.getAttribute('src') !== src; }",
+                arg=first_src,
+                timeout=60_000,
+            )
+            assert "attention_rollout" in page.locator("#maps").inner_text()
+            after = _png(page, page.locator("#maps img").first)
+            assert after.shape == before.shape and _not_blank(after)
+            assert np.abs(after.astype(int) - before.astype(int)).mean() > 1.0
+
+            # a bad option value is a message on the page
+            box.fill("median")
+            page.locator("#explain").click()
+            page.get_by_text("head_fusion must be one of").first.wait_for(timeout=30_000)
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -12,7 +12,7 @@ Subcommands::
     flashtorch methods
     flashtorch activmax --layer L --channels 0-7 [--steps N] [--size PX] [--out DIR]
     flashtorch dream IMAGE --layer L [--channel C] [--steps N] [--out DIR]
-    flashtorch serve [--model M ...] [--host 127.0.0.1] [--port 7860]  (extra: app)
+    flashtorch serve [--model M ...] [--runs DIR ...] [--host 127.0.0.1] [--port 7860]  (extra: app)
 
 Errors. Every mistake prints ONE line on stderr (``flashtorch: error: ...``) that says what to
 do, and no traceback unless ``--debug`` is given. Exit status:
@@ -1638,6 +1638,15 @@ def methods() -> None:
     is_flag=True,
     help="Allow a whole pickled model file among --model (trusted files only).",
 )
+@click.option(
+    "--runs",
+    "run_dirs",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A run directory of 'flashtorch run', or a folder of them, that the Runs tab may "
+    "browse (repeatable); the page opens no other folder.",
+)
 @_common_options
 @click.pass_context
 def serve(
@@ -1651,6 +1660,7 @@ def serve(
     device: str,
     pretrained: bool,
     trust_pickle: bool,
+    run_dirs: tuple[Path, ...],
 ) -> None:
     """Serve a page (gradio) to explain the models' decisions interactively.
 
@@ -1658,7 +1668,8 @@ def serve(
     and CAM layer, and see the maps side by side, each downloadable as PNG and .npy.
     Compare models: one image, one method, two models side by side. Feature
     visualisation: render a layer's channels or a class (Stop ends a long render, as it
-    ends a long method on Explain). The page binds
+    ends a long method on Explain). Runs: the images and maps of a run under --runs, sorted
+    by score or a metric, a page at a time. The page binds
     127.0.0.1 unless --host says otherwise; it accepts only images within the limits and
     never loads a model, path or pickle of its own. Stop it with Ctrl-C.
     """
@@ -1675,6 +1686,7 @@ def serve(
         max_pixels=int(max_pixels),
         pretrained=pretrained,
         trust_pickle=trust_pickle,
+        runs=run_dirs,
     )
     explainer.warm_up()
     served = ", ".join(explainer.model_names)

@@ -22,6 +22,8 @@ _NAMES = {
     "MapOutput": "core",
     "FeatureResult": "features",
     "render_features": "features",
+    "OptionSpec": "core",
+    "RunBrowser": "runs",
     "build_app": "page",
     "launch": "page",
 }

@@ -67,6 +67,10 @@ class ModelEntry:
     device: torch.device
     cam_layers: list[str] = field(default_factory=list)
     default_layer: str | None = None
+    #: the random-weights / zero-head announcement of the model source, or ``None``.
+    notice: str | None = None
+    #: the attention methods (rollout...) this model supports; ``None`` until probed.
+    attention_methods: list[str] | None = None
 
 
 @dataclass
@@ -176,10 +180,12 @@ class Explainer:
             from the local cache (as ``flashtorch explain --pretrained``).
         trust_pickle: allow a whole pickled model file among ``models`` (the command line's
             ``--trust-pickle``; the page never names a file).
+        runs: run directories (or folders of runs) the Runs tab may browse (the command
+            line's ``--runs``); see :class:`~flashtorch.app.runs.RunBrowser`.
 
     Raises:
         ModelLoadError: a spec that does not resolve.
-        InputError: a limit that is not positive.
+        InputError: a limit that is not positive, or a ``runs`` root that is not a folder.
     """
 
     def __init__(
@@ -193,8 +199,10 @@ class Explainer:
         cmap: str = "jet",
         pretrained: bool = False,
         trust_pickle: bool = False,
+        runs: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         from ..models import resolve_model
+        from .runs import RunBrowser
 
         if not max_upload_mb > 0:
             raise InputError(f"max_upload_mb must be positive, got {max_upload_mb!r}")
@@ -207,6 +215,7 @@ class Explainer:
         self.max_pixels = int(max_pixels)
         self.cmap = cmap
         self.out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="flashtorch-"))
+        self.runs = RunBrowser(runs, cmap=cmap, max_pixels=self.max_pixels)
         self._lock = threading.Lock()
         self._count = 0
         self.models: dict[str, ModelEntry] = {}
@@ -223,6 +232,7 @@ class Explainer:
                 tuple(cfg.std),
                 cfg.class_names,
                 self.device,
+                notice=loaded.notice,
             )
 
     # ----------------------------------------------------------------------------------------
@@ -299,6 +309,89 @@ class Explainer:
             for method in methods:
                 if method in self.method_names():
                     attribute(entry.model, x, method=method)
+
+    # ----------------------------------------------------------------------------------------
+    # Transformers and method options (what each model supports, the Options accordion)
+    # ----------------------------------------------------------------------------------------
+
+    def model_methods(self, name: str | None) -> list[str]:
+        """The methods the page offers for model ``name``, in registry order.
+
+        :meth:`method_names` (every method that takes an image classifier) plus the attention
+        methods (``attention_rollout``, ``gradient_rollout``...) that this model supports:
+        each is tried once on a grey image (cached); a model without global self-attention (a
+        CNN, a windowed transformer) refuses it with a :class:`~flashtorch.errors.MethodError`
+        and is not offered it.
+        """
+        from .. import METHODS
+
+        entry = self.entry(name)
+        if entry.attention_methods is None:
+            entry.attention_methods = self._probe_attention(entry)
+        supported = set(self.method_names()) | set(entry.attention_methods)
+        return [n for n in METHODS if n in supported]
+
+    @staticmethod
+    def _probe_attention(entry: ModelEntry) -> list[str]:
+        import warnings
+
+        from .. import METHODS, attribute
+        from ..errors import FlashTorchError
+
+        x = torch.zeros(1, 3, entry.size, entry.size, device=entry.device)
+        found = []
+        for name, cls in METHODS.items():
+            if not getattr(cls, "needs_attention", False):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    attribute(entry.model, x, method=name)
+            except FlashTorchError:
+                continue
+            found.append(name)
+        return found
+
+    def notices(self) -> dict[str, str]:
+        """The models' announcements (random weights, an all-zero head), by model name."""
+        return {name: e.notice for name, e in self.models.items() if e.notice}
+
+    @staticmethod
+    def option_specs(methods: Sequence[str]) -> list[OptionSpec]:
+        """The options the page offers for ``methods`` (see :func:`option_specs`)."""
+        return [spec for method in methods for spec in option_specs(method)]
+
+    @staticmethod
+    def parse_options(
+        methods: Sequence[str], values: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The page's option values -> ``explain(options=...)`` for the chosen ``methods``.
+
+        Args:
+            methods: the chosen methods.
+            values: option values by :attr:`OptionSpec.key` (``"smoothgrad.n_samples"``); an
+                empty value, or the default, leaves the method's default.
+
+        Returns:
+            ``{method: {option: value}}`` with only the options that differ from the defaults.
+
+        Raises:
+            MethodError: a value of the wrong type (a fraction for a whole number...). Values
+                of the right type that the method refuses raise when it runs.
+        """
+        if isinstance(methods, str):
+            methods = [methods]
+        out: dict[str, dict[str, Any]] = {}
+        for method in dict.fromkeys(methods):
+            chosen: dict[str, Any] = {}
+            for spec in option_specs(method):
+                if spec.key in values:
+                    value = spec.convert(values[spec.key])
+                    if value is not None and value != spec.default:
+                        chosen[spec.name] = value
+            if chosen:
+                out[method] = chosen
+        return out
 
     # ----------------------------------------------------------------------------------------
     # Uploads
@@ -402,7 +495,7 @@ class Explainer:
         names = list(dict.fromkeys(methods))
         if not names:
             raise MethodError("choose at least one method")
-        offered = self.method_names()
+        offered = self.model_methods(entry.name)
         for name in names:
             if name not in offered:
                 raise MethodError(f"unknown method {name!r}; choose from {', '.join(offered)}")
@@ -486,6 +579,110 @@ class Explainer:
             item.npy_path = atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
 
 
+# --------------------------------------------------------------------------------------------
+# Method options, read off the registry
+# --------------------------------------------------------------------------------------------
+
+#: Constructor arguments that are not the page's options: the model and its running mode, the
+#: layer (the layer menu chooses it), and arguments that take objects rather than values.
+_NOT_OPTIONS = frozenset(
+    {"model", "eval_mode", "fast", "amp", "layer", "call", "reshape", "mean", "std", "base",
+     "base_options"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a method as the page offers it: a keyword of the method's constructor.
+
+    Attributes:
+        method: the registry name.
+        name: the keyword (``n_samples``).
+        kind: ``bool``, ``int``, ``float`` or ``str`` (the type of the default).
+        default: the constructor's default.
+        annotation: the constructor's annotation, as text (``"int | Sequence[int]"``).
+    """
+
+    method: str
+    name: str
+    kind: type
+    default: Any
+    annotation: str = ""
+
+    @property
+    def key(self) -> str:
+        """``"method.name"``: the option's key in :meth:`Explainer.parse_options`."""
+        return f"{self.method}.{self.name}"
+
+    def convert(self, value: Any) -> Any:
+        """A value from the page (a number box gives floats, a text box text) -> the option.
+
+        Returns ``None`` for an empty value (the default applies).
+
+        Raises:
+            MethodError: not a value of :attr:`kind`.
+        """
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        what = f"{self.method} option {self.name}"
+        if self.kind is bool:
+            if isinstance(value, str):
+                text = value.strip().lower()
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise MethodError(f"{what} is true or false, got {value!r}")
+                return text in ("true", "1", "yes")
+            return bool(value)
+        if self.kind in (int, float):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise MethodError(f"{what} must be a number, got {value!r}") from None
+            if self.kind is float:
+                return number
+            if not number.is_integer():
+                raise MethodError(f"{what} must be a whole number, got {value!r}")
+            return int(number)
+        text = str(value).strip()
+        if "int" in self.annotation and text.lstrip("+-").isdigit():
+            return int(text)  # e.g. rollout's token: "auto", "cls" or a token index
+        return text
+
+
+def option_specs(method: str) -> list[OptionSpec]:
+    """The options of ``method`` the page offers: its constructor's keywords with a plain default.
+
+    Read off the registry (``inspect.signature`` of :func:`flashtorch.get_method`'s class):
+    every keyword whose default is a ``bool``, ``int``, ``float`` or ``str`` (IG's ``steps``,
+    SmoothGrad's ``n_samples`` and ``noise``, Score-CAM's ``internal_batch_size``, a CAM's
+    ``relu`` and ``interpolation``, occlusion's ``window``...), except the model's running
+    mode and the layer (:data:`_NOT_OPTIONS`). Keywords without such a default (``None``,
+    tensors, sequences) are left to the library's default.
+
+    Raises:
+        MethodError: an unknown method.
+    """
+    import inspect
+
+    from .. import get_method
+
+    cls = get_method(method)
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    specs = []
+    for p in params:
+        if p.name in _NOT_OPTIONS or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        default = p.default
+        kind = next((t for t in (bool, int, float, str) if type(default) is t), None)
+        if kind is None:
+            continue
+        annotation = p.annotation if isinstance(p.annotation, str) else str(p.annotation)
+        specs.append(OptionSpec(cls.name or method, p.name, kind, default, annotation))
+    return specs
+
+
 def _reduce(raw: torch.Tensor) -> torch.Tensor:
     from ..report import reduce_map
 
@@ -520,7 +717,9 @@ __all__ = [
     "Explainer",
     "MapOutput",
     "ModelEntry",
+    "OptionSpec",
     "class_choices",
     "example_images",
+    "option_specs",
     "parse_class_choice",
 ]

@@ -1,4 +1,4 @@
-"""The gradio page of ``flashtorch serve``: the Explain, Compare and Feature visualisation tabs.
+"""The gradio page of ``flashtorch serve``: the Explain, Compare models, Features and Runs tabs.
 
 Only this module imports gradio. The page calls :class:`~flashtorch.app.core.Explainer`, which
 calls the library's public API; every refusal becomes a message on the page (``gr.Error``),
@@ -337,6 +337,183 @@ def _feature_tab(gr: Any, explainer: Explainer, tokens: StopTokens) -> None:
         _stop_button(gr, f_stop, tokens, "features")
 
 
+# --------------------------------------------------------------------------------------------
+# The Explain tab's Options accordion, the models' notices and the methods each model offers
+# --------------------------------------------------------------------------------------------
+
+
+def _notices(gr: Any, explainer: Explainer) -> None:
+    """The models' announcements (random weights...) under the title, one line each."""
+    notices = explainer.notices()
+    if notices:
+        lines = [f"**Note:** {text}." for text in notices.values()]
+        gr.Markdown("\n\n".join(lines), elem_id="notices")
+
+
+def _options_accordion(gr: Any, explainer: Explainer, chosen: Any) -> tuple[list[Any], list[str]]:
+    """The Explain tab's Options: each method's options, shown for the chosen methods only.
+
+    The options are read off the registry (:func:`~flashtorch.app.core.option_specs`).
+
+    Returns:
+        The option boxes (inputs of Explain, after the others) and their keys
+        (``"method.option"``, :meth:`~flashtorch.app.core.Explainer.parse_options`).
+    """
+    every = list(
+        dict.fromkeys(m for name in explainer.model_names for m in explainer.model_methods(name))
+    )
+    initial = set(chosen.value or [])
+    inputs: list[Any] = []
+    keys: list[str] = []
+    groups: list[Any] = []
+    group_methods: list[str] = []
+    with gr.Accordion("Options (of the chosen methods)", open=False, elem_id="options"):
+        for method in every:
+            specs = explainer.option_specs([method])
+            if not specs:
+                continue
+            with gr.Group(visible=method in initial) as group:
+                gr.Markdown(f"**{method}**")
+                with gr.Row():
+                    for spec in specs:
+                        elem = f"opt_{method}_{spec.name}"
+                        if spec.kind is bool:
+                            box = gr.Checkbox(value=spec.default, label=spec.name, elem_id=elem)
+                        elif spec.kind is int:
+                            box = gr.Number(
+                                value=spec.default, precision=0, label=spec.name, elem_id=elem
+                            )
+                        elif spec.kind is float:
+                            box = gr.Number(value=spec.default, label=spec.name, elem_id=elem)
+                        else:
+                            box = gr.Textbox(value=spec.default, label=spec.name, elem_id=elem)
+                        inputs.append(box)
+                        keys.append(spec.key)
+            groups.append(group)
+            group_methods.append(method)
+
+    def show(picked: list[str] | None) -> list[Any]:
+        return [gr.update(visible=m in (picked or [])) for m in group_methods]
+
+    if groups:
+        chosen.change(show, [chosen], groups, api_name=False)
+    return inputs, keys
+
+
+def _model_methods_follow(gr: Any, explainer: Explainer, model: Any, chosen: Any) -> None:
+    """A change of model offers that model's methods (rollout only for transformers)."""
+
+    @_page_error
+    def follow(name: str, picked: list[str] | None) -> Any:
+        offered = explainer.model_methods(name)
+        kept = [m for m in (picked or []) if m in offered]
+        if not kept:
+            kept = [m for m in DEFAULT_METHODS if m in offered]
+        return gr.update(choices=offered, value=kept)
+
+    model.change(follow, [model, chosen], [chosen], api_name=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The Runs tab: browse the runs under the command line's --runs folders
+# --------------------------------------------------------------------------------------------
+
+
+def _runs_tab(gr: Any, explainer: Explainer) -> None:
+    """The Runs tab: a run (among those under ``--runs``), sorted, filtered, a page at a time."""
+    from .runs import STATUSES
+
+    browser = explainer.runs
+    runs = browser.choices()
+    columns = ["score", "target_score", "agreement", "index"]
+    first = runs[0] if runs else None
+    for name in runs:  # the first run that reads is preselected, with its columns
+        try:
+            columns = browser.sort_columns(browser.open(name).manifest) or columns
+        except FlashTorchError:
+            continue
+        first = name
+        break
+    orders = ["descending", "ascending"]
+
+    @_page_error
+    def show(
+        name: str | None, sort: str | None, order: str, status: str, number: float | None
+    ) -> tuple[Any, ...]:
+        page = browser.page(name, sort or None, order != "ascending", int(number or 1), status)
+        gallery = [(item.panel, item.caption) for item in page.items]
+        value = sort if sort in page.columns else (page.columns[0] if page.columns else None)
+        return (
+            page.summary,
+            gallery,
+            page.position,
+            gr.update(choices=page.columns, value=value),
+            page.page,
+        )
+
+    def refresh() -> Any:
+        found = browser.choices()
+        return gr.update(choices=found)
+
+    with gr.Tab("Runs"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                r_run = gr.Dropdown(
+                    runs,
+                    value=first,
+                    label="Run (one of those under the --runs folders)",
+                    allow_custom_value=True,
+                    elem_id="r_run",
+                )
+                r_refresh = gr.Button("Refresh the list", size="sm", elem_id="r_refresh")
+                r_sort = gr.Dropdown(
+                    columns,
+                    value=columns[0],
+                    label="Sort by",
+                    elem_id="r_sort",
+                )
+                r_order = gr.Radio(orders, value="descending", label="Order", elem_id="r_order")
+                r_status = gr.Radio(list(STATUSES), value="ok", label="Images", elem_id="r_status")
+                r_page = gr.Number(1, precision=0, minimum=1, label="Page", elem_id="r_page")
+                with gr.Row():
+                    r_prev = gr.Button("Previous", size="sm", elem_id="r_prev")
+                    r_next = gr.Button("Next", size="sm", elem_id="r_next")
+                r_button = gr.Button("Show", variant="primary", elem_id="r_show")
+            with gr.Column(scale=3):
+                r_summary = gr.Markdown(
+                    "Pick a run and press **Show**."
+                    if runs
+                    else "No runs here: start the server with `flashtorch serve --runs DIR`.",
+                    elem_id="r_summary",
+                )
+                r_gallery = gr.Gallery(
+                    label="Images (image | one overlay per method)",
+                    columns=3,
+                    height="auto",
+                    object_fit="contain",
+                    format="png",
+                    elem_id="r_gallery",
+                )
+                r_position = gr.Markdown(elem_id="r_position")
+        inputs = [r_run, r_sort, r_order, r_status, r_page]
+        outputs = [r_summary, r_gallery, r_position, r_sort, r_page]
+        r_button.click(show, inputs, outputs, api_name="runs")
+        for control in (r_run, r_sort, r_order, r_status):
+            control.input(lambda: 1, None, [r_page], api_name=False).then(
+                show, inputs, outputs, api_name=False
+            )
+        r_page.submit(show, inputs, outputs, api_name=False)
+        r_refresh.click(refresh, None, [r_run], api_name=False)
+        for button, step in ((r_prev, -1), (r_next, 1)):
+            button.click(
+                functools.partial(_step, step=step), [r_page], [r_page], api_name=False
+            ).then(show, inputs, outputs, api_name=False)
+
+
+def _step(number: float | None, step: int) -> int:
+    return max(1, int(number or 1) + step)
+
+
 def build_app(explainer: Explainer) -> Any:
     """The page (a ``gradio.Blocks``) for ``explainer``'s models.
 
@@ -380,12 +557,20 @@ def build_app(explainer: Explainer) -> Any:
         target: str | None,
         layer: str | None,
         progress: Any = gr.Progress(),  # noqa: B008 (gradio's way of asking for a bar)
+        *option_values: Any,  # the Options accordion's boxes, in the order of option_keys
     ) -> tuple[Any, ...]:
         def step(done: int, total: int, method: str) -> None:
             progress(done / total, desc=f"{method} ({done + 1}/{total})")
 
+        options = explainer.parse_options(chosen or [], dict(zip(option_keys, option_values)))
         result = explainer.explain(
-            pick_image(upload, example), model, chosen or [], target, layer, progress=step
+            pick_image(upload, example),
+            model,
+            chosen or [],
+            target,
+            layer,
+            progress=step,
+            options=options,
         )
         gallery = [(item.panel, result.caption(item)) for item in result.maps]
         files = [str(p) for item in result.maps for p in (item.png_path, item.npy_path) if p]
@@ -417,6 +602,7 @@ def build_app(explainer: Explainer) -> Any:
             "# flashtorch: what does the model see?\n"
             f"Uploads: images only, at most {limit}. Models: {', '.join(models)}."
         )
+        _notices(gr, explainer)
         with gr.Tab("Explain"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -429,7 +615,7 @@ def build_app(explainer: Explainer) -> Any:
                     )
                     model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
                     chosen = gr.CheckboxGroup(
-                        methods,
+                        explainer.model_methods(first.name),
                         value=[m for m in DEFAULT_METHODS if m in methods],
                         label="Methods",
                         elem_id="methods",
@@ -449,6 +635,7 @@ def build_app(explainer: Explainer) -> Any:
                         filterable=True,
                         elem_id="layer",
                     )
+                    option_inputs, option_keys = _options_accordion(gr, explainer, chosen)
                     with gr.Row():
                         button = gr.Button("Explain", variant="primary", elem_id="explain")
                         stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -477,13 +664,14 @@ def build_app(explainer: Explainer) -> Any:
                         interactive=False,
                         elem_id="downloads",
                     )
-            inputs = [upload, example, model, chosen, target, layer]
+            inputs = [upload, example, model, chosen, target, layer, *option_inputs]
             outputs = [seen, top5, maps, files, timings]
             button.click(explain, inputs, outputs, api_name="explain")
             # one image at a time: an upload clears the example and the other way round
             upload.upload(lambda _f: None, [upload], [example], api_name=False)
             example.input(lambda _e: None, [example], [upload], api_name=False)
             model.change(on_model, [model], [target, layer], api_name=False)
+            _model_methods_follow(gr, explainer, model, chosen)
 
             def choose(label: str | None) -> Any:
                 return gr.update(value=label or TOP_PREDICTION)
@@ -516,6 +704,7 @@ def build_app(explainer: Explainer) -> Any:
                 api_name="compare",
             )
         _feature_tab(gr, explainer, tokens)
+        _runs_tab(gr, explainer)
     return app
 
 
