@@ -151,21 +151,39 @@ def _stoppable(
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func)
         params = list(sig.parameters.values())
-        params.append(
-            inspect.Parameter(
-                "request",
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                default=None,
-                annotation=gr.Request,
-            )
+        request = inspect.Parameter(
+            "request",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation=gr.Request,
         )
+        # gradio inserts the request at its position: before a *args of option values
+        varargs = [i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL]
+        params.insert(varargs[0] if varargs else len(params), request)
         new_sig = sig.replace(parameters=params)
+
+        def call_args(bound: inspect.BoundArguments) -> tuple[list[Any], dict[str, Any]]:
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
+            for p in sig.parameters.values():
+                value = bound.arguments[p.name]
+                if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                    args.extend(value)
+                elif p.kind is inspect.Parameter.VAR_KEYWORD:
+                    kwargs.update(value)
+                elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+                    kwargs[p.name] = value
+                else:
+                    args.append(value)
+            return args, kwargs
 
         @functools.wraps(func)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             bound = new_sig.bind(*args, **kwargs)
-            session = _session(bound.arguments.pop("request", None))
+            bound.apply_defaults()
+            session = _session(bound.arguments.get("request"))
             bar = bound.arguments.get("progress")
+            f_args, f_kwargs = call_args(bound)
 
             def step(done: int, total: int, what: str) -> None:
                 if callable(bar):
@@ -174,7 +192,7 @@ def _stoppable(
             event = tokens.start(session, group)
             try:
                 with report_to(step, cancel=event):
-                    return func(*bound.args, **bound.kwargs)
+                    return func(*f_args, **f_kwargs)
             except Cancelled as exc:
                 message = f"Stopped: {exc}."
                 if stopped is not None:
