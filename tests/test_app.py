@@ -7,6 +7,7 @@ Each skips with its reason when what it needs is missing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -254,8 +255,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(explainer):
+@contextlib.contextmanager
+def served(explainer):
+    """A page for ``explainer`` on a free loopback port: ``(app, port)``; closed on exit."""
     if not HAS_GRADIO:
         pytest.skip('gradio / gradio_client are not installed: pip install "flashtorch[app]"')
     from flashtorch.app import launch
@@ -266,6 +268,12 @@ def server(explainer):
         yield app, port
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def server(explainer):
+    with served(explainer) as running:
+        yield running
 
 
 def _listening_addresses(port: int) -> list[str]:
@@ -773,16 +781,8 @@ def test_a_random_weights_vit_spec_is_announced(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_explainer):
-    if not HAS_GRADIO:
-        pytest.skip('gradio / gradio_client are not installed: pip install "flashtorch[app]"')
-    from flashtorch.app import launch
-
-    port = _free_port()
-    app = launch(tiny_explainer, port=port, block=False)
-    try:
-        yield app, port
-    finally:
-        app.close()
+    with served(tiny_explainer) as running:
+        yield running
 
 
 @needs_gradio

@@ -19,7 +19,7 @@ import pytest
 from flashtorch.errors import Cancelled, InputError, LayerError, TargetError
 from flashtorch.progress import report_to
 
-from .test_app import CHELSEA, HAS_GRADIO, _free_port, _not_blank, needs_gradio
+from .test_app import CHELSEA, _not_blank, needs_gradio, served
 from .test_cleanup import _assert_same, _snapshot
 
 
@@ -209,16 +209,8 @@ def test_a_stoppable_function_stops_at_the_next_step_and_says_so(explainer):
 
 @pytest.fixture(scope="module")
 def server(explainer):
-    if not HAS_GRADIO:
-        pytest.skip('gradio / gradio_client are not installed: pip install "flashtorch[app]"')
-    from flashtorch.app import launch
-
-    port = _free_port()
-    app = launch(explainer, port=port, block=False)
-    try:
-        yield app, port
-    finally:
-        app.close()
+    with served(explainer) as running:
+        yield running
 
 
 def _browser():
