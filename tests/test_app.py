@@ -255,6 +255,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def playwright_or_skip():
+    """playwright's ``sync_playwright``; skip without chromium, fail without playwright."""
+    from .test_report_browser import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (bash .ci/install_browser.sh installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "chromium is installed but the playwright package is not: pip install playwright"
+        )
+    return sync_playwright
+
+
 @contextlib.contextmanager
 def served(explainer):
     """A page for ``explainer`` on a free loopback port: ``(app, port)``; closed on exit."""
@@ -387,14 +402,7 @@ def test_gradio_client_explains_and_refuses(server, explainer, text_file, tmp_pa
 def test_the_page_in_headless_chromium(server, text_file, tmp_path):
     from .test_report_browser import CHROMIUM, CHROMIUM_ARGS
 
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (bash .ci/install_browser.sh installs it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "chromium is installed but the playwright package is not: pip install playwright"
-        )
+    sync_playwright = playwright_or_skip()
     _app, port = server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -823,10 +831,7 @@ def test_runs_options_and_rollout_in_headless_chromium(tiny_server, runs_root):
 
     from .test_report_browser import CHROMIUM, CHROMIUM_ARGS
 
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (bash .ci/install_browser.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
+    sync_playwright = playwright_or_skip()
     _app, port = tiny_server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

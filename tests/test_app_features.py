@@ -19,7 +19,7 @@ import pytest
 from flashtorch.errors import Cancelled, InputError, LayerError, TargetError
 from flashtorch.progress import report_to
 
-from .test_app import CHELSEA, _not_blank, needs_gradio, served
+from .test_app import CHELSEA, _not_blank, needs_gradio, playwright_or_skip, served
 from .test_cleanup import _assert_same, _snapshot
 
 
@@ -213,20 +213,6 @@ def server(explainer):
         yield running
 
 
-def _browser():
-    from .test_report_browser import CHROMIUM
-
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (bash .ci/install_browser.sh installs it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "chromium is installed but the playwright package is not: pip install playwright"
-        )
-    return sync_playwright
-
-
 def _set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -240,7 +226,7 @@ def test_the_feature_tab_renders_and_its_stop_ends_a_long_render(server):
 
     from .test_report_browser import CHROMIUM, CHROMIUM_ARGS
 
-    sync_playwright = _browser()
+    sync_playwright = playwright_or_skip()
     _app, port = server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

@@ -11,8 +11,7 @@ from flashtorch import get_method
 from flashtorch._shared import SharedPass, attribute_all, plan, shares_pass
 from flashtorch.errors import LayerError, MethodError, TargetError
 
-from .conftest import CleanupNet
-from .test_cleanup import _assert_same, _snapshot
+from .test_cleanup import _assert_same, _prepared_model, _snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,12 +141,7 @@ def test_shared_pass_refuses_methods_that_cannot_share(model):
 
 
 def test_state_restored_after_success_and_error():
-    torch.manual_seed(0)
-    net = CleanupNet()
-    net.train()
-    net.features[1].eval()
-    net.head.bias.requires_grad_(False)
-    net.head.weight.grad = torch.ones_like(net.head.weight)
+    net = _prepared_model()  # mixed train/eval flags, a frozen bias, a .grad, the user's hook
     x = torch.randn(2, 3, 8, 8)
     x_before = x.clone()
     methods = [get_method(n)(net) for n in ["gradient", "gradcam", "gradient_x_input"]]

@@ -436,8 +436,8 @@ def parse_channels(value: str) -> list[int]:
     return channels
 
 
-def parse_options(values: Sequence[str]) -> dict[str, Any]:
-    """``--opt KEY=VALUE`` (repeatable) -> a dict; values are Python literals or strings."""
+def _key_values(values: Sequence[str], flag: str, example: str) -> dict[str, Any]:
+    """``FLAG KEY=VALUE`` (repeatable) -> a dict; values are Python literals or strings."""
     import ast
 
     options: dict[str, Any] = {}
@@ -445,12 +445,17 @@ def parse_options(values: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            _usage(f"--opt {item!r}: write KEY=VALUE, e.g. --opt n_samples=8")
+            _usage(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} {example}")
         try:
             options[key] = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
             options[key] = raw.strip()
     return options
+
+
+def parse_options(values: Sequence[str]) -> dict[str, Any]:
+    """``--opt KEY=VALUE`` (repeatable) -> a dict; values are Python literals or strings."""
+    return _key_values(values, "--opt", "n_samples=8")
 
 
 def parse_storage_options(values: Sequence[str]) -> dict[str, Any]:
@@ -459,19 +464,7 @@ def parse_storage_options(values: Sequence[str]) -> dict[str, Any]:
     Values are Python literals (``anon=True``, ``client_kwargs={'region_name': 'eu-west-1'}``)
     or strings (``profile=prod``).
     """
-    import ast
-
-    options: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            _usage(f"--storage-option {item!r}: write KEY=VALUE, e.g. --storage-option anon=True")
-        try:
-            options[key] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            options[key] = raw.strip()
-    return options
+    return _key_values(values, "--storage-option", "anon=True")
 
 
 def _storage_options_for(location: str, values: Sequence[str], flag: str) -> dict[str, Any]:
